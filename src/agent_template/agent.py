@@ -1,0 +1,208 @@
+"""The simple entry point: define an agent with instructions and tools, then run or stream it.
+
+>>> from agent_template import Agent, tool
+>>> @tool
+... def add(a: int, b: int) -> int:
+...     '''Add two integers.'''
+...     return a + b
+>>> agent = Agent("You are a calculator.", tools=[add])
+>>> result = agent.run_sync("What is 2 + 3?")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from agent_template.core.run_loop import ModelClient, RunConfig, RunState, run_events
+from agent_template.errors import AgentTemplateError
+from agent_template.models import (
+    Message,
+    RunEvent,
+    RunStatus,
+    SystemMessage,
+    Usage,
+    UserMessage,
+)
+from agent_template.services.tool_manager import ToolContext, ToolLike, ToolManager
+
+if TYPE_CHECKING:
+    from agent_template.config import Settings
+    from agent_template.core.events import EventBus
+    from agent_template.core.hooks import HookRegistry
+    from agent_template.services.model_provider import ModelManager, ModelProvider
+
+__all__ = ["Agent", "AgentRun", "RunResult"]
+
+
+@dataclass(slots=True)
+class RunResult:
+    """The outcome of a run: the final text, the messages it added, usage and status."""
+
+    output: str
+    status: RunStatus
+    messages: list[Message]
+    usage: Usage
+    turns: int
+    error: AgentTemplateError | None = None
+
+
+class AgentRun:
+    """A started run: iterate it for events; ``result`` tells what it produced so far.
+
+    Closing the iterator (or cancelling the task that iterates it) cancels the run; the partial
+    answer stays in ``result``, marked as cancelled.
+    """
+
+    __slots__ = ("_events", "state")
+
+    def __init__(self, events: AsyncIterator[RunEvent], state: RunState) -> None:
+        self._events = events
+        self.state = state
+
+    def __aiter__(self) -> AsyncIterator[RunEvent]:
+        return self._events
+
+    async def aclose(self) -> None:
+        await self._events.aclose()  # type: ignore[attr-defined]
+        if self.state.status is None:
+            self.state.status = "cancelled"
+
+    @property
+    def result(self) -> RunResult:
+        s = self.state
+        return RunResult(
+            s.output, s.status or "cancelled", s.new_messages, s.usage, s.turns, s.error
+        )
+
+
+class Agent:
+    """An agent: instructions, tools and a model.
+
+    Args:
+        instructions: the system prompt.
+        tools: functions (decorated with :func:`~agent_template.tool` or plain) it may call.
+        model: a ``ModelManager``, a provider instance, or ``"provider"`` /
+            ``"provider:model"``; by default the provider the settings choose, with failover.
+        settings: used to build the model and defaults; read from the environment if omitted.
+        max_turns: model turns before the run stops without an answer.
+        deps: any object handed to tools that declare a :class:`ToolContext` parameter.
+        hooks: hooks called around model and tool calls.
+        bus: where model and tool call events go.
+    """
+
+    def __init__(
+        self,
+        instructions: str = "",
+        *,
+        tools: Iterable[ToolLike] = (),
+        model: ModelManager | ModelProvider | ModelClient | str | None = None,
+        settings: Settings | None = None,
+        max_turns: int | None = None,
+        tool_timeout: float | None = None,
+        name: str = "agent",
+        deps: Any = None,
+        hooks: HookRegistry | None = None,
+        bus: EventBus | None = None,
+    ) -> None:
+        self.instructions = instructions
+        self.name = name
+        self.deps = deps
+        self.hooks = hooks
+        self.bus = bus
+        self._settings = settings
+        self._model_spec = model
+        self._model: ModelClient | None = None
+        self.max_turns = max_turns or (settings.max_turns if settings else 20)
+        timeout = tool_timeout or (settings.tool_timeout if settings else 60.0)
+        self.tools = ToolManager(tools, default_timeout=timeout)
+
+    @property
+    def model(self) -> ModelClient:
+        """The model client, built on first use so constructing an agent does no work."""
+        if self._model is None:
+            self._model = self._build_model()
+        return self._model
+
+    def _build_model(self) -> ModelClient:
+        from agent_template.services.model_provider import ModelManager, ModelProvider
+
+        spec = self._model_spec
+        if isinstance(spec, ModelManager):
+            return spec
+        if isinstance(spec, ModelProvider):
+            return ModelManager(self._settings_or_default(), provider=spec)
+        if isinstance(spec, str):
+            name, _, model = spec.partition(":")
+            return ModelManager(self._settings_or_default(), provider=name, model=model or None)
+        if spec is not None:
+            return spec  # anything with a compatible ``stream``
+        return ModelManager(self._settings_or_default())
+
+    def _settings_or_default(self) -> Settings:
+        if self._settings is None:
+            from agent_template.config import load_settings
+
+            self._settings = load_settings()
+        return self._settings
+
+    def start(
+        self,
+        prompt: str,
+        *,
+        history: Sequence[Message] = (),
+        session_id: str | None = None,
+        task_id: str | None = None,
+        model: str | None = None,
+        on_messages: Callable[[list[Message]], Awaitable[None]] | None = None,
+    ) -> AgentRun:
+        """Start a run and return it; iterate the result for events.
+
+        ``on_messages`` is awaited with each batch of new messages (the prompt first) before
+        any event reveals them, so a store can commit them first; partial output of a
+        cancelled or failed run is passed too.
+        """
+        messages: list[Message] = []
+        if self.instructions and not (history and history[0].role == "system"):
+            messages.append(SystemMessage(content=self.instructions))
+        messages.extend(history)
+        start = len(messages)
+        messages.append(UserMessage(content=prompt))
+        state = RunState(messages=messages, start=start)
+        config = RunConfig(
+            max_turns=self.max_turns,
+            model=model,
+            context=ToolContext(session_id=session_id, deps=self.deps),
+            hooks=self.hooks,
+            bus=self.bus,
+            session_id=session_id,
+            task_id=task_id,
+            agent=self.name,
+            on_messages=on_messages,
+        )
+        tools = self.tools if len(self.tools) else None
+        return AgentRun(run_events(self.model, tools, state, config), state)
+
+    def run_stream(self, prompt: str, **kwargs: Any) -> AgentRun:
+        """Alias of :meth:`start`, for ``async for event in agent.run_stream(...)``."""
+        return self.start(prompt, **kwargs)
+
+    async def run(self, prompt: str, **kwargs: Any) -> RunResult:
+        """Run to the end and return the result.
+
+        Raises:
+            AgentTemplateError: the provider or max-turns error that ended a failed run.
+        """
+        run = self.start(prompt, **kwargs)
+        async for _ in run:
+            pass
+        result = run.result
+        if result.error is not None:
+            raise result.error
+        return result
+
+    def run_sync(self, prompt: str, **kwargs: Any) -> RunResult:
+        """:meth:`run` for code that has no event loop."""
+        return asyncio.run(self.run(prompt, **kwargs))

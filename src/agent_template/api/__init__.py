@@ -1,0 +1,1 @@
+"""FastAPI routes and the WebSocket layer."""

@@ -1,0 +1,161 @@
+"""Settings from the environment and ``.env``, validated once at start-up.
+
+Build a :class:`Settings` (or call :func:`load_settings`) where the program starts and pass it
+to the components that need it; nothing deeper reads the environment. ``settings`` is a lazily
+built module attribute for scripts that want the defaults.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from agent_template.errors import ConfigurationError
+
+__all__ = ["PROVIDER_NAMES", "Settings", "load_settings", "settings"]
+
+PROVIDER_NAMES = ("openai", "anthropic", "deepseek", "qwen", "ollama", "local", "test")
+ProviderName = Literal["openai", "anthropic", "deepseek", "qwen", "ollama", "local", "test"]
+
+# What each checked variable must look like, for start-up messages.
+_EXPECTED = {
+    "DEFAULT_MODEL_PROVIDER": "one of " + ", ".join(PROVIDER_NAMES),
+    "FALLBACK_PROVIDERS": "a comma-separated list of provider or provider:model, "
+    "for example 'anthropic,deepseek:deepseek-chat' (providers: " + ", ".join(PROVIDER_NAMES) + ")",
+    "SERVER_PORT": "an integer from 1 to 65535",
+    "MAX_CONCURRENT_TASKS": "a positive integer",
+    "MAX_CONTEXT_LENGTH": "a positive integer (tokens)",
+    "CONTEXT_COMPRESSION_THRESHOLD": "a number greater than 0 and at most 1, such as 0.8",
+    "LOG_LEVEL": "one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+    "LOG_FORMAT": "json or text",
+    "LOAD_BALANCING": "none, round_robin or least_latency",
+    "MODEL_TIMEOUT": "a positive number of seconds",
+    "TOOL_TIMEOUT": "a positive number of seconds",
+    "MAX_TURNS": "a positive integer",
+}
+
+
+class Settings(BaseSettings):
+    """Every setting of agent-template. Environment variables are the upper-case field names."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
+    )
+
+    # Providers and their credentials. A key may hold several comma-separated keys, which
+    # are then load-balanced as equivalent providers.
+    openai_api_key: SecretStr | None = None
+    anthropic_api_key: SecretStr | None = None
+    deepseek_api_key: SecretStr | None = None
+    qwen_api_key: SecretStr | None = None
+    local_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    anthropic_base_url: str | None = None
+    deepseek_base_url: str = "https://api.deepseek.com"
+    qwen_base_url: str = "https://dashscope.aliyuncs.com/compatible-mode/v1"
+    ollama_host: str = "http://localhost:11434"
+    local_base_url: str | None = None
+
+    # None means: the first provider with a key, else the offline ``test`` provider.
+    default_model_provider: ProviderName | None = None
+    default_model: str | None = None
+    fallback_providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    load_balancing: Literal["none", "round_robin", "least_latency"] = "none"
+    model_timeout: float = Field(60.0, gt=0)
+    model_max_retries: int = Field(2, ge=0)
+    model_retry_base_delay: float = Field(0.5, ge=0)
+    model_retry_max_delay: float = Field(20.0, ge=0)
+    circuit_breaker_threshold: int = Field(5, ge=1)
+    circuit_breaker_cooldown: float = Field(30.0, ge=0)
+
+    # Server
+    server_host: str = "127.0.0.1"
+    server_port: int = Field(8000, ge=1, le=65535)
+
+    # Storage
+    database_url: str = "sqlite:///./data/agent_template.db"
+    redis_url: str | None = None
+    data_dir: Path = Path("./data")
+
+    # Agent
+    max_concurrent_tasks: int = Field(10, ge=1)
+    max_context_length: int = Field(8000, ge=1)
+    context_compression_threshold: float = Field(0.8, gt=0, le=1)
+    max_turns: int = Field(20, ge=1)
+    tool_timeout: float = Field(60.0, gt=0)
+
+    # Logging
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    log_file: Path | None = Path("./data/logs/agent.log")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("default_model_provider", "default_model", "local_base_url", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("fallback_providers", mode="before")
+    @classmethod
+    def _split_fallbacks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            for item in value:
+                name = str(item).partition(":")[0]
+                if name not in PROVIDER_NAMES:
+                    raise ValueError(f"unknown provider {name!r}")
+        return value
+
+    def api_key(self, provider: str) -> str | None:
+        """The raw API key (or comma-separated keys) configured for ``provider``."""
+        secret: SecretStr | None = getattr(self, f"{provider}_api_key", None)
+        value = secret.get_secret_value().strip() if secret else ""
+        return value or None
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        var = str(err["loc"][0]).upper() if err["loc"] else "settings"
+        expected = _EXPECTED.get(var)
+        got = err.get("input")
+        got_part = f" (got {got!r})" if isinstance(got, str | int | float) else ""
+        reason = f"expected {expected}" if expected else err["msg"]
+        lines.append(f"  {var}: {reason}{got_part}")
+    return "Invalid configuration:\n" + "\n".join(lines) + "\nFix it in .env or the environment."
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment, ``.env`` and ``overrides``.
+
+    Raises:
+        ConfigurationError: naming each invalid variable and the form it expects.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigurationError(_explain(exc)) from None
+
+
+if TYPE_CHECKING:
+    settings: Settings
+
+
+@lru_cache(maxsize=1)
+def _default_settings() -> Settings:
+    return load_settings()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "settings":
+        return _default_settings()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

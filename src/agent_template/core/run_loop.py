@@ -1,0 +1,393 @@
+"""The run loop: model -> tool calls -> results -> model ... until a final answer.
+
+The loop depends only on two small protocols, :class:`ModelClient` and :class:`ToolExecutor`;
+the composition root hands it a ``ModelManager`` and a ``ToolManager``. It yields typed
+:data:`~agent_template.models.RunEvent` values and records what it produced in a
+:class:`RunState`, which keeps the partial answer when the run is cancelled or fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from agent_template.errors import AgentTemplateError, MaxTurnsExceededError
+from agent_template.models import (
+    AssistantMessage,
+    DoneEvent,
+    ErrorEvent,
+    ErrorOccurred,
+    Message,
+    MessageStatus,
+    ModelCallFinished,
+    ModelCallStarted,
+    ModelEvent,
+    ModelRequest,
+    ResponseFinished,
+    RunEvent,
+    RunStatus,
+    TextDelta,
+    ToolCall,
+    ToolDefinition,
+    ToolExecFinished,
+    ToolExecStarted,
+    ToolResultEvent,
+    ToolResultMessage,
+    Usage,
+    UsageEvent,
+)
+
+if TYPE_CHECKING:
+    from agent_template.core.events import EventBus
+    from agent_template.core.hooks import HookContext, HookRegistry
+
+log = logging.getLogger("agent_template.run")
+
+__all__ = ["ModelClient", "RunConfig", "RunState", "ToolExecutor", "run_events"]
+
+
+class ModelClient(Protocol):
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]: ...
+
+
+class ToolExecutor(Protocol):
+    def definitions(self) -> Sequence[ToolDefinition]: ...
+
+    async def execute(self, call: ToolCall, context: Any = None) -> ToolResultMessage: ...
+
+
+@dataclass(slots=True)
+class RunConfig:
+    max_turns: int = 20
+    model: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    context: Any = None  # handed to every tool call
+    hooks: HookRegistry | None = None
+    bus: EventBus | None = None
+    session_id: str | None = None
+    task_id: str | None = None
+    agent: str | None = None
+    # Called with each batch of new messages before any consumer hears of them (the user
+    # message first, then every assistant message and tool result, and partial output).
+    on_messages: Callable[[list[Message]], Awaitable[None]] | None = None
+
+
+@dataclass(slots=True)
+class RunState:
+    """Everything a run produced so far: kept even when it is cancelled or fails.
+
+    ``messages`` holds the conversation the model saw (history first) followed by the run's new
+    messages; ``new_messages`` is the slice this run added.
+    """
+
+    messages: list[Message]
+    start: int = 0
+    usage: Usage = field(default_factory=Usage)
+    turns: int = 0
+    status: RunStatus | None = None
+    output: str = ""
+    error: AgentTemplateError | None = None
+    saved: int = -1  # messages[:saved] are persisted; -1 means "from start"
+
+    @property
+    def new_messages(self) -> list[Message]:
+        return self.messages[self.start :]
+
+
+_CANCELLED_RESULT = "The tool call was cancelled before it finished."
+
+
+Execute = Callable[[ToolCall], Awaitable[ToolResultMessage]]
+
+
+async def _run_tools(execute: Execute, calls: list[ToolCall]) -> list[ToolResultMessage]:
+    """Run one turn's calls concurrently; on cancellation, unfinished calls get a result too."""
+    if len(calls) == 1:
+        try:
+            return [await execute(calls[0])]
+        except asyncio.CancelledError:
+            raise _PartialResults([None]) from None
+    tasks = [asyncio.ensure_future(execute(c)) for c in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except asyncio.CancelledError:
+        for t in tasks:
+            t.cancel()
+        await asyncio.wait(tasks)
+        done = [t.result() if not t.cancelled() and t.exception() is None else None for t in tasks]
+        raise _PartialResults(done) from None
+
+
+def _executor(tools: ToolExecutor, config: RunConfig, hook_ctx: HookContext | None) -> Execute:
+    """The tool-call function for this run: bare, or with hooks and bus events around it."""
+    context = config.context
+    hooks, bus = config.hooks, config.bus
+    observed_hooks = hooks is not None and (
+        hooks.has("before_tool_call") or hooks.has("after_tool_call")
+    )
+    if not observed_hooks and bus is None:
+
+        async def bare(call: ToolCall) -> ToolResultMessage:
+            return await tools.execute(call, context)
+
+        return bare
+    from agent_template.core.hooks import Veto
+
+    sid, tid = config.session_id, config.task_id
+
+    async def observed(call: ToolCall) -> ToolResultMessage:
+        vetoed = False
+        if hooks is not None and hook_ctx is not None:
+            checked = await hooks.before_tool_call(call, hook_ctx)
+            if isinstance(checked, Veto):
+                vetoed = True
+            else:
+                call = checked
+        if bus is not None:
+            bus.publish(
+                ToolExecStarted(session_id=sid, task_id=tid, call_id=call.id, name=call.name)
+            )
+        t0 = time.perf_counter()
+        if vetoed:
+            result = ToolResultMessage(
+                tool_call_id=call.id,
+                name=call.name,
+                content=f"The call was refused: {checked.reason}",  # type: ignore[union-attr]
+                is_error=True,
+            )
+        else:
+            result = await tools.execute(call, context)
+            if hooks is not None and hook_ctx is not None:
+                result = await hooks.after_tool_call(call, result, hook_ctx)
+        if bus is not None:
+            bus.publish(
+                ToolExecFinished(
+                    session_id=sid,
+                    task_id=tid,
+                    call_id=call.id,
+                    name=call.name,
+                    duration_ms=(time.perf_counter() - t0) * 1000,
+                    is_error=result.is_error,
+                    vetoed=vetoed,
+                )
+            )
+        return result
+
+    return observed
+
+
+class _PartialResults(asyncio.CancelledError):
+    """Cancellation that carries the tool results finished before it."""
+
+    def __init__(self, results: list[ToolResultMessage | None]) -> None:
+        super().__init__()
+        self.results = results
+
+
+async def _persist(state: RunState, config: RunConfig) -> None:
+    save = config.on_messages
+    if save is None:
+        return
+    messages = state.messages
+    if state.saved < 0:
+        state.saved = state.start
+    if state.saved < len(messages):
+        batch = messages[state.saved :]
+        await save(batch)
+        state.saved += len(batch)
+
+
+async def _persist_quietly(state: RunState, config: RunConfig) -> None:
+    """Persist on the way out of a cancelled run, without masking the cancellation."""
+    try:
+        await _persist(state, config)
+    except Exception:
+        log.exception("could not persist the partial output of a cancelled run")
+
+
+def _close_partial(state: RunState, text: list[str], status: MessageStatus) -> None:
+    if text:
+        state.messages.append(AssistantMessage(content="".join(text), status=status))
+
+
+async def run_events(
+    model: ModelClient,
+    tools: ToolExecutor | None,
+    state: RunState,
+    config: RunConfig,
+) -> AsyncIterator[RunEvent]:
+    """Drive one run, yielding its events; ``state.messages`` must end with the user message.
+
+    Provider failures end the run with an ``error`` then a ``done`` event (status ``failed``);
+    cancellation (of the consuming task, or closing this iterator) keeps the partial answer,
+    marked ``cancelled``, with a result for every tool call so the history stays valid.
+    """
+    definitions = tools.definitions() if tools is not None else ()
+    messages = state.messages
+    hooks, bus = config.hooks, config.bus
+    hook_ctx: HookContext | None = None
+    if hooks:
+        from agent_template.core.hooks import HookContext
+
+        hook_ctx = HookContext(config.session_id, config.agent, config.task_id)
+    else:
+        hooks = None
+    execute = _executor(tools, config, hook_ctx) if tools is not None else None
+    sid, tid = config.session_id, config.task_id
+    persist = config.on_messages is not None
+    if persist:
+        await _persist(state, config)  # the user message, before anyone hears of the run
+    for turn in range(config.max_turns):
+        request = ModelRequest(
+            messages=messages,
+            tools=definitions,
+            model=config.model,
+            temperature=config.temperature,
+            max_tokens=config.max_tokens,
+        )
+        if hooks is not None and hook_ctx is not None:
+            request = await hooks.before_model_call(request, hook_ctx)
+        if bus is not None:
+            bus.publish(ModelCallStarted(session_id=sid, task_id=tid, turn=turn))
+            t_model = time.perf_counter()
+        text: list[str] = []
+        usage = Usage()
+        finished: ResponseFinished | None = None
+        stream = model.stream(request)
+        try:
+            async for event in stream:
+                kind = type(event)
+                if kind is TextDelta:
+                    text.append(event.text)  # type: ignore[union-attr]
+                elif kind is UsageEvent:
+                    usage = usage + event.usage  # type: ignore[union-attr]
+                elif kind is ResponseFinished:
+                    finished = event  # type: ignore[assignment]
+                    continue  # announced once the message is stored
+                yield event
+        except AgentTemplateError as exc:
+            state.usage = state.usage + usage
+            _close_partial(state, text, "failed")
+            state.status, state.error = "failed", exc
+            if persist:
+                await _persist(state, config)
+            if bus is not None:
+                bus.publish(
+                    ModelCallFinished(
+                        session_id=sid,
+                        task_id=tid,
+                        turn=turn,
+                        provider=getattr(exc, "provider", None),
+                        latency_ms=(time.perf_counter() - t_model) * 1000,
+                        error=exc.code,
+                    )
+                )
+                bus.publish(
+                    ErrorOccurred(
+                        session_id=sid, task_id=tid, code=exc.code, message=str(exc), source="model"
+                    )
+                )
+            yield ErrorEvent(code=exc.code, message=str(exc), retryable=_retryable(exc))
+            yield DoneEvent(status="failed", usage=state.usage, turns=state.turns)
+            return
+        except BaseException:
+            state.usage = state.usage + usage
+            _close_partial(state, text, "cancelled")
+            state.status = "cancelled"
+            if persist:
+                await _persist_quietly(state, config)
+            raise
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        state.usage = state.usage + usage
+        state.turns += 1
+        if finished is None:  # a provider that broke its contract; keep what it said
+            finished = ResponseFinished(
+                finish_reason="stop", message=AssistantMessage(content="".join(text))
+            )
+        message = finished.message
+        messages.append(message)
+        if persist:
+            await _persist(state, config)
+        yield finished
+        if bus is not None:
+            bus.publish(
+                ModelCallFinished(
+                    session_id=sid,
+                    task_id=tid,
+                    turn=turn,
+                    provider=message.provider,
+                    model=message.model,
+                    latency_ms=(time.perf_counter() - t_model) * 1000,
+                    usage=usage,
+                )
+            )
+        if hooks is not None and hook_ctx is not None:
+            await hooks.after_model_call(message, usage, hook_ctx)
+        calls = message.tool_calls
+        if not calls:
+            state.output = message.content
+            state.status = "completed"
+            yield DoneEvent(
+                status="completed", output=message.content, usage=state.usage, turns=state.turns
+            )
+            return
+        t0 = time.perf_counter()
+        try:
+            if execute is not None:
+                results = await _run_tools(execute, calls)
+            else:
+                results = [_missing_tools(c) for c in calls]
+        except _PartialResults as partial:
+            for call, result in zip(calls, partial.results, strict=True):
+                messages.append(result or _cancelled(call))
+            state.status = "cancelled"
+            if persist:
+                await _persist_quietly(state, config)
+            raise asyncio.CancelledError from None
+        except BaseException:
+            messages.extend(_cancelled(c) for c in calls)
+            state.status = "cancelled"
+            if persist:
+                await _persist_quietly(state, config)
+            raise
+        elapsed_ms = (time.perf_counter() - t0) * 1000
+        messages.extend(results)  # all at once: a consumer that stops early loses none
+        if persist:
+            await _persist(state, config)
+        for result in results:
+            yield ToolResultEvent(
+                call_id=result.tool_call_id,
+                name=result.name,
+                content=result.content,
+                is_error=result.is_error,
+                duration_ms=elapsed_ms,
+            )
+    error = MaxTurnsExceededError(config.max_turns)
+    state.status, state.error = "failed", error
+    yield ErrorEvent(code=error.code, message=str(error))
+    yield DoneEvent(status="failed", usage=state.usage, turns=state.turns)
+
+
+def _retryable(exc: AgentTemplateError) -> bool:
+    return bool(getattr(exc, "retryable", False))
+
+
+def _cancelled(call: ToolCall) -> ToolResultMessage:
+    return ToolResultMessage(
+        tool_call_id=call.id, name=call.name, content=_CANCELLED_RESULT, is_error=True
+    )
+
+
+def _missing_tools(call: ToolCall) -> ToolResultMessage:
+    return ToolResultMessage(
+        tool_call_id=call.id,
+        name=call.name,
+        content=f"No tools are available in this run, so '{call.name}' cannot be called.",
+        is_error=True,
+    )

@@ -1,0 +1,142 @@
+"""The typed events of a run, as one discriminated union.
+
+A provider's stream yields the model events (text and tool-call deltas, usage, the finish);
+the run loop passes them on and adds tool results, errors and the final ``done``. Every consumer
+(the CLI, a WebSocket, an SSE response, the tests) reads these same types.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, TypeAlias
+
+from pydantic import BaseModel, Field, TypeAdapter
+
+from agent_template.models.messages import AssistantMessage, ToolCall, Usage
+
+__all__ = [
+    "DoneEvent",
+    "ErrorEvent",
+    "ModelEvent",
+    "ResponseFinished",
+    "RunEvent",
+    "RunStatus",
+    "StreamEvent",
+    "StreamGap",
+    "TextDelta",
+    "ToolCallDelta",
+    "ToolCallFinished",
+    "ToolCallStarted",
+    "ToolResultEvent",
+    "UsageEvent",
+    "run_event_adapter",
+    "stream_event_adapter",
+]
+
+RunStatus: TypeAlias = Literal["completed", "cancelled", "failed"]
+
+
+class TextDelta(BaseModel):
+    type: Literal["text_delta"] = "text_delta"
+    text: str
+
+
+class ToolCallStarted(BaseModel):
+    type: Literal["tool_call_started"] = "tool_call_started"
+    index: int
+    id: str
+    name: str
+
+
+class ToolCallDelta(BaseModel):
+    type: Literal["tool_call_delta"] = "tool_call_delta"
+    index: int
+    arguments_delta: str
+
+
+class ToolCallFinished(BaseModel):
+    """A tool call whose arguments are complete."""
+
+    type: Literal["tool_call_finished"] = "tool_call_finished"
+    index: int
+    call: ToolCall
+
+
+class ToolResultEvent(BaseModel):
+    type: Literal["tool_result"] = "tool_result"
+    call_id: str
+    name: str
+    content: str
+    is_error: bool = False
+    duration_ms: float = 0.0
+
+
+class UsageEvent(BaseModel):
+    type: Literal["usage"] = "usage"
+    usage: Usage
+
+
+class ResponseFinished(BaseModel):
+    """The end of one model response (one turn): why it stopped and what it said."""
+
+    type: Literal["response_finished"] = "response_finished"
+    finish_reason: str
+    message: AssistantMessage
+
+
+class ErrorEvent(BaseModel):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    retryable: bool = False
+
+
+class DoneEvent(BaseModel):
+    """The last event of every run."""
+
+    type: Literal["done"] = "done"
+    status: RunStatus
+    output: str = ""
+    usage: Usage = Field(default_factory=Usage)
+    turns: int = 0
+
+
+class StreamGap(BaseModel):
+    """Chunks ``from_seq`` to ``to_seq`` were not delivered to this consumer."""
+
+    type: Literal["gap"] = "gap"
+    from_seq: int
+    to_seq: int
+    reason: Literal["dropped", "expired"] = "dropped"
+
+
+ModelEvent: TypeAlias = (
+    TextDelta | ToolCallStarted | ToolCallDelta | ToolCallFinished | UsageEvent | ResponseFinished
+)
+
+RunEvent = Annotated[
+    TextDelta
+    | ToolCallStarted
+    | ToolCallDelta
+    | ToolCallFinished
+    | ToolResultEvent
+    | UsageEvent
+    | ResponseFinished
+    | ErrorEvent
+    | DoneEvent,
+    Field(discriminator="type"),
+]
+StreamEvent = Annotated[
+    TextDelta
+    | ToolCallStarted
+    | ToolCallDelta
+    | ToolCallFinished
+    | ToolResultEvent
+    | UsageEvent
+    | ResponseFinished
+    | ErrorEvent
+    | DoneEvent
+    | StreamGap,
+    Field(discriminator="type"),
+]
+stream_event_adapter: TypeAdapter[StreamEvent] = TypeAdapter(StreamEvent)
+run_event_adapter: TypeAdapter[RunEvent] = TypeAdapter(RunEvent)

@@ -1,0 +1,116 @@
+"""Default wiring: an :class:`AgentLoop` that knows how to run chat turns in sessions.
+
+``core.agent_loop.AgentLoop`` is a scheduler with no opinion about what tasks do. This module
+composes it with a model, tools and a :class:`SessionManager`, so ``AgentLoop()`` with no
+arguments runs ``chat`` tasks against the configured provider (the offline model without one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel as BaseModelAlias
+
+from agent_template.agent import Agent
+from agent_template.core.agent_loop import AgentLoop as _Scheduler
+from agent_template.models import Message, Task
+from agent_template.services.session_manager import SessionManager
+
+if TYPE_CHECKING:
+    from agent_template.config import Settings
+    from agent_template.core.events import EventBus
+    from agent_template.core.hooks import HookRegistry
+    from agent_template.core.run_loop import ModelClient
+    from agent_template.services.tool_manager import ToolLike
+
+__all__ = ["DEFAULT_INSTRUCTIONS", "AgentLoop", "ChatHandler"]
+
+DEFAULT_INSTRUCTIONS = "You are a helpful assistant. Use the tools you have when they help."
+
+
+class ChatHandler:
+    """Runs one chat turn in a session: loads its context and returns the run's events.
+
+    The run stores every new message in the session before announcing it, and keeps the
+    partial answer of a cancelled or failed turn.
+    """
+
+    def __init__(self, agent: Agent, sessions: SessionManager) -> None:
+        self.agent = agent
+        self.sessions = sessions
+
+    async def __call__(self, task: Task) -> AsyncIterator[BaseModelAlias]:
+        payload = task.payload
+        message = payload.get("message") or payload.get("content")
+        if not isinstance(message, str) or not message.strip():
+            raise ValueError("a chat task needs a non-empty 'message'")
+        sessions = self.sessions
+        history: list[Any] = []
+        session_id = task.session_id
+        save = None
+        if session_id is not None:
+            await sessions.get_or_create(session_id, str(payload.get("user_id", "default")))
+            history = await sessions.get_context(session_id)
+
+            async def save(messages: list[Message]) -> None:
+                await sessions.add_messages(session_id, messages)
+
+        # The run's own iterator, not a wrapper: one layer less on the streaming path.
+        return aiter(
+            self.agent.start(
+                message,
+                history=history,
+                session_id=session_id,
+                task_id=task.task_id,
+                model=payload.get("model"),
+                on_messages=save,
+            )
+        )
+
+
+class AgentLoop(_Scheduler):
+    """The task scheduler with a ``chat`` handler wired to a model, tools and sessions.
+
+    Args:
+        settings: configuration; read from the environment if omitted.
+        model: the model for chat turns (a ``ModelManager`` from the settings by default).
+        session_manager: where chat history lives (the process's shared store by default).
+        tools: tools chat turns may call.
+        instructions: the system prompt of chat turns.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        model: ModelClient | str | None = None,
+        session_manager: SessionManager | None = None,
+        tools: Iterable[ToolLike] = (),
+        instructions: str = DEFAULT_INSTRUCTIONS,
+        bus: EventBus | None = None,
+        hooks: HookRegistry | None = None,
+        max_concurrent_tasks: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if settings is None:
+            from agent_template.config import load_settings
+
+            settings = load_settings()
+        super().__init__(
+            max_concurrent_tasks=max_concurrent_tasks or settings.max_concurrent_tasks,
+            bus=bus,
+            hooks=hooks,
+            **kwargs,
+        )
+        self.settings = settings
+        self.sessions = session_manager or SessionManager(bus=self.bus)
+        self.agent = Agent(
+            instructions,
+            tools=tools,
+            model=model,
+            settings=settings,
+            hooks=hooks,
+            bus=self.bus,
+        )
+        self.register_handler("chat", ChatHandler(self.agent, self.sessions))

@@ -1,0 +1,1 @@
+"""Services: model providers and their manager, tools, sessions."""

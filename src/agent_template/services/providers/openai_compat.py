@@ -1,0 +1,254 @@
+"""The OpenAI chat-completions API, and every server that speaks it.
+
+OpenAI, DeepSeek, Qwen (DashScope), Ollama, vLLM and other local servers all take the same
+requests, so one provider class serves them; the registry configures each by name, base URL and
+key. Local models often write tool calls as text; with ``text_tool_calls`` such calls become real
+ones (see :mod:`._text_tools`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from typing import assert_never
+
+from agent_template.errors import ConfigurationError, ProviderError, StreamError
+
+try:
+    import openai
+except ImportError as exc:  # pragma: no cover - openai is a core dependency
+    raise ConfigurationError(
+        "The OpenAI-compatible providers need the 'openai' package: pip install openai"
+    ) from exc
+from openai.types.chat import (
+    ChatCompletionFunctionToolParam,
+    ChatCompletionMessageFunctionToolCallParam,
+    ChatCompletionMessageParam,
+)
+
+from agent_template.models import (
+    AssistantMessage,
+    Message,
+    ModelEvent,
+    ModelRequest,
+    ModelResponse,
+    SystemMessage,
+    ToolCall,
+    ToolDefinition,
+    ToolResultMessage,
+    Usage,
+    UserMessage,
+)
+from agent_template.services.model_provider import ModelProvider
+from agent_template.services.providers._errors import openai_error
+from agent_template.services.providers._openai_stream import chunk_events, text_call_events
+from agent_template.services.providers._text_tools import TextToolCallParser
+
+__all__ = ["OpenAICompatProvider"]
+
+_DEFAULT_TIMEOUT_S = 60.0
+_TOOL_ERROR_PREFIX = "Error: "  # the chat API has no error flag on tool results
+
+
+class OpenAICompatProvider(ModelProvider):
+    """A provider for the OpenAI chat-completions API, on the official ``openai`` SDK.
+
+    The SDK client is created on first use; the SDK's own retries are off because
+    :class:`~agent_template.services.model_provider.ModelManager` retries and fails over.
+
+    Args:
+        name: the configured provider name (``openai``, ``deepseek``, ``qwen``, ``ollama``,
+            ``local``); it appears in messages, errors and health figures.
+        api_key: the key sent as a bearer token (local servers accept any).
+        base_url: the API root, such as ``http://localhost:11434/v1``; None for OpenAI's.
+        model: the model used when a request names none.
+        timeout: seconds to wait for a connection and for each read.
+        text_tool_calls: recognise tool calls that the model writes as text.
+        label: the name in health figures when several keys share a provider.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        *,
+        name: str = "openai",
+        api_key: str,
+        base_url: str | None = None,
+        model: str,
+        timeout: float = _DEFAULT_TIMEOUT_S,
+        text_tool_calls: bool = False,
+        label: str | None = None,
+    ) -> None:
+        self.name = name
+        super().__init__(model=model, label=label)
+        self.base_url = base_url
+        self.timeout = timeout
+        self.text_tool_calls = text_tool_calls
+        self._api_key = api_key
+        self._client: openai.AsyncOpenAI | None = None
+
+    def _sdk(self) -> openai.AsyncOpenAI:
+        if self._client is None:
+            self._client = openai.AsyncOpenAI(
+                api_key=self._api_key,
+                base_url=self.base_url,
+                timeout=self.timeout,
+                max_retries=0,
+            )
+        return self._client
+
+    def _error(self, exc: Exception) -> ProviderError:
+        from agent_template.services.providers import PROVIDERS
+
+        spec = PROVIDERS.get(self.name)
+        return openai_error(
+            exc,
+            provider=self.name,
+            base_url=str(self._sdk().base_url),
+            base_url_var=spec.base_url_var if spec else None,
+        )
+
+    def _parser(self, request: ModelRequest) -> TextToolCallParser | None:
+        if not (self.text_tool_calls and request.tools):
+            return None
+        return TextToolCallParser(tool.name for tool in request.tools)
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        """Stream one answer; see :class:`ModelProvider` for the event contract.
+
+        Raises:
+            ProviderError: a subclass for each failure (authentication, rate limit, timeout,
+                connection, bad request, broken or malformed stream).
+        """
+        client = self._sdk()
+        try:
+            chunks = await client.chat.completions.create(
+                model=request.model or self.model,
+                messages=to_openai_messages(request.messages),
+                tools=to_openai_tools(request.tools) or openai.omit,
+                temperature=openai.omit if request.temperature is None else request.temperature,
+                max_tokens=openai.omit if request.max_tokens is None else request.max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        except openai.APIError as exc:
+            raise self._error(exc) from exc
+        events = chunk_events(
+            chunks,
+            provider=self.name,
+            model=request.model or self.model,
+            base_url=str(client.base_url),
+            parser=self._parser(request),
+        )
+        async with chunks, aclosing(events):
+            async for event in events:
+                yield event
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        """One answer from a non-streaming request.
+
+        Raises:
+            ProviderError: as :meth:`stream` does.
+        """
+        try:
+            completion = await self._sdk().chat.completions.create(
+                model=request.model or self.model,
+                messages=to_openai_messages(request.messages),
+                tools=to_openai_tools(request.tools) or openai.omit,
+                temperature=openai.omit if request.temperature is None else request.temperature,
+                max_tokens=openai.omit if request.max_tokens is None else request.max_tokens,
+            )
+        except openai.APIError as exc:
+            raise self._error(exc) from exc
+        if not completion.choices:
+            raise StreamError(self.name, "the answer had no choices")
+        choice = completion.choices[0]
+        content = choice.message.content or ""
+        calls = [
+            ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments or "{}")
+            for c in choice.message.tool_calls or ()
+            if c.type == "function"
+        ]
+        parser = self._parser(request)
+        if parser is not None:
+            content = parser.feed(content)
+            rest, found = parser.finish()
+            content += rest
+            calls.extend(text_call_events(found, len(calls))[1])
+        finish_reason: str = choice.finish_reason or "stop"
+        if calls and finish_reason == "stop":
+            finish_reason = "tool_calls"
+        usage = Usage()
+        if completion.usage is not None:
+            usage = Usage(
+                input_tokens=completion.usage.prompt_tokens,
+                output_tokens=completion.usage.completion_tokens,
+                requests=1,
+            )
+        message = AssistantMessage(
+            content=content,
+            tool_calls=calls,
+            provider=self.name,
+            model=completion.model or request.model or self.model,
+        )
+        return ModelResponse(message, usage, finish_reason)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def to_openai_messages(messages: Sequence[Message]) -> list[ChatCompletionMessageParam]:
+    """Our messages in the chat-completions format."""
+    out: list[ChatCompletionMessageParam] = []
+    for message in messages:
+        match message:
+            case SystemMessage():
+                out.append({"role": "system", "content": message.content})
+            case UserMessage():
+                out.append({"role": "user", "content": message.content})
+            case AssistantMessage():
+                if not message.tool_calls:
+                    out.append({"role": "assistant", "content": message.content})
+                    continue
+                calls: list[ChatCompletionMessageFunctionToolCallParam] = [
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": call.arguments},
+                    }
+                    for call in message.tool_calls
+                ]
+                out.append(
+                    {"role": "assistant", "content": message.content or None, "tool_calls": calls}
+                )
+            case ToolResultMessage():
+                content = message.content
+                if message.is_error:
+                    content = _TOOL_ERROR_PREFIX + content
+                out.append(
+                    {"role": "tool", "tool_call_id": message.tool_call_id, "content": content}
+                )
+            case _:
+                assert_never(message)
+    return out
+
+
+def to_openai_tools(tools: Sequence[ToolDefinition]) -> list[ChatCompletionFunctionToolParam]:
+    """Tool definitions in the chat-completions format."""
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": tool.name,
+                "description": tool.description,
+                "parameters": tool.parameters,
+            },
+        }
+        for tool in tools
+    ]

@@ -1,0 +1,288 @@
+"""Function tools: the ``@tool`` decorator and the :class:`ToolManager` registry.
+
+A tool's JSON schema comes from its type hints and its Google-style docstring, through
+Pydantic. Whatever goes wrong in a tool call (unknown tool, invalid arguments, an exception, a
+timeout) comes back as an error result that the model can read and correct; it never ends the
+run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints, overload
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from agent_template.errors import ToolArgumentsError, ToolNotFoundError, ToolTimeoutError
+from agent_template.models import ToolCall, ToolDefinition, ToolResultMessage
+
+__all__ = ["FunctionTool", "ToolContext", "ToolManager", "tool"]
+
+_ARG_LINE = re.compile(r"^\s*(\*{0,2}\w+)(?:\s*\([^)]*\))?\s*:\s*(.*)$")
+_SECTION = re.compile(
+    r"^\s*(Args|Arguments|Parameters|Returns|Raises|Yields|Examples?|Notes?):\s*$"
+)
+
+
+@dataclass(slots=True)
+class ToolContext:
+    """What a tool may learn about the run that called it (declare a parameter of this type)."""
+
+    session_id: str | None = None
+    call_id: str = ""
+    deps: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
+    """The description (text before the first section) and each argument's description."""
+    if not doc:
+        return "", {}
+    lines = inspect.cleandoc(doc).splitlines()
+    summary: list[str] = []
+    params: dict[str, str] = {}
+    section: str | None = None
+    current: str | None = None
+    for line in lines:
+        head = _SECTION.match(line)
+        if head:
+            section, current = head.group(1), None
+            continue
+        if section is None:
+            summary.append(line)
+        elif section in ("Args", "Arguments", "Parameters"):
+            arg = _ARG_LINE.match(line)
+            if arg and not line.startswith("        "):
+                current = arg.group(1).lstrip("*")
+                params[current] = arg.group(2).strip()
+            elif current and line.strip():
+                params[current] = f"{params[current]} {line.strip()}".strip()
+    return "\n".join(summary).strip(), params
+
+
+class FunctionTool:
+    """A Python function the model can call.
+
+    Args:
+        fn: the function, sync or async.
+        name: the tool's name for the model; the function's name by default.
+        description: overrides the docstring's summary.
+        timeout: seconds a call may take; the manager's default when None.
+        inline: run a sync function on the event loop instead of a worker thread. Only for
+            quick functions that never block (no I/O, no heavy computation).
+    """
+
+    __slots__ = (
+        "_context_param",
+        "_field_names",
+        "args_model",
+        "definition",
+        "description",
+        "fn",
+        "inline",
+        "is_async",
+        "name",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout: float | None = None,
+        inline: bool = False,
+    ) -> None:
+        self.fn = fn
+        self.name = name or fn.__name__
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.timeout = timeout
+        self.inline = inline
+        summary, arg_docs = _parse_docstring(fn.__doc__)
+        self.description = description or summary
+        hints = get_type_hints(fn)
+        fields: dict[str, Any] = {}
+        self._context_param: str | None = None
+        for pname, param in inspect.signature(fn).parameters.items():
+            annotation = hints.get(pname, Any)
+            if annotation is ToolContext:
+                self._context_param = pname
+                continue
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            default = ... if param.default is param.empty else param.default
+            fields[pname] = (annotation, Field(default, description=arg_docs.get(pname)))
+        self.args_model: type[BaseModel] = create_model(
+            f"{self.name}_arguments",
+            __config__=ConfigDict(extra="forbid"),
+            **fields,
+        )
+        self._field_names = tuple(fields)
+        schema = self.args_model.model_json_schema()
+        schema.pop("title", None)
+        for prop in schema.get("properties", {}).values():
+            prop.pop("title", None)
+        self.definition = ToolDefinition(
+            name=self.name, description=self.description, parameters=schema
+        )
+
+    def parse_arguments(self, arguments: str) -> dict[str, Any]:
+        """Validate the model's JSON arguments.
+
+        Raises:
+            ToolArgumentsError: listing every problem, in words the model can act on.
+        """
+        try:
+            parsed = self.args_model.model_validate_json(arguments or "{}")
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
+                for e in exc.errors(include_url=False)
+            )
+            raise ToolArgumentsError(
+                self.name, f"invalid arguments ({problems}). Fix them and call the tool again."
+            ) from None
+        return {name: getattr(parsed, name) for name in self._field_names}
+
+    async def __call__(self, arguments: str, context: ToolContext | None = None) -> Any:
+        kwargs = self.parse_arguments(arguments)
+        if self._context_param is not None:
+            kwargs[self._context_param] = context or ToolContext()
+        if self.is_async:
+            return await self.fn(**kwargs)
+        if self.inline:
+            return self.fn(**kwargs)
+        return await asyncio.to_thread(self.fn, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"FunctionTool({self.name!r})"
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> FunctionTool: ...
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float | None = None,
+    inline: bool = False,
+) -> Callable[[Callable[..., Any]], FunctionTool]: ...
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float | None = None,
+    inline: bool = False,
+) -> FunctionTool | Callable[[Callable[..., Any]], FunctionTool]:
+    """Turn a function into a tool; use bare (``@tool``) or with options (``@tool(timeout=5)``).
+
+    Sync functions run in a worker thread so a blocking tool never stalls other runs; pass
+    ``inline=True`` for quick pure functions.
+    """
+
+    def wrap(f: Callable[..., Any]) -> FunctionTool:
+        return FunctionTool(f, name=name, description=description, timeout=timeout, inline=inline)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    try:
+        return json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+ToolLike = FunctionTool | Callable[..., Any]
+
+
+class ToolManager:
+    """The registry of tools a run may call, and their execution with timeouts.
+
+    Args:
+        tools: functions or :class:`FunctionTool` objects to register.
+        default_timeout: seconds a call may take when the tool sets none.
+    """
+
+    def __init__(self, tools: Iterable[ToolLike] = (), *, default_timeout: float = 60.0) -> None:
+        self.default_timeout = default_timeout
+        self._tools: dict[str, FunctionTool] = {}
+        self._definitions: list[ToolDefinition] | None = None
+        self.calls = 0
+        self.errors = 0
+        for t in tools:
+            self.register(t)
+
+    def register(self, t: ToolLike) -> FunctionTool:
+        ft = t if isinstance(t, FunctionTool) else FunctionTool(t)
+        self._tools[ft.name] = ft
+        self._definitions = None
+        return ft
+
+    def unregister(self, name: str) -> None:
+        self._tools.pop(name, None)
+        self._definitions = None
+
+    def get(self, name: str) -> FunctionTool:
+        try:
+            return self._tools[name]
+        except KeyError:
+            known = ", ".join(sorted(self._tools)) or "none"
+            raise ToolNotFoundError(
+                name, f"no such tool. Available tools: {known}. Call one of those."
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def definitions(self) -> list[ToolDefinition]:
+        if self._definitions is None:
+            self._definitions = [t.definition for t in self._tools.values()]
+        return self._definitions
+
+    async def execute(
+        self, call: ToolCall, context: ToolContext | None = None
+    ) -> ToolResultMessage:
+        """Run one call; every failure becomes an error result for the model."""
+        self.calls += 1
+        try:
+            ft = self.get(call.name)
+            timeout = ft.timeout or self.default_timeout
+            async with asyncio.timeout(timeout):
+                value = await ft(call.arguments, context)
+        except TimeoutError:
+            self.errors += 1
+            error = ToolTimeoutError(call.name, timeout)
+            return ToolResultMessage(
+                tool_call_id=call.id, name=call.name, content=str(error), is_error=True
+            )
+        except (ToolNotFoundError, ToolArgumentsError) as exc:
+            self.errors += 1
+            return ToolResultMessage(
+                tool_call_id=call.id, name=call.name, content=str(exc), is_error=True
+            )
+        except Exception as exc:  # a tool's own failure is reported to the model, not raised
+            self.errors += 1
+            return ToolResultMessage(
+                tool_call_id=call.id,
+                name=call.name,
+                content=f"Tool '{call.name}' raised {type(exc).__name__}: {exc}",
+                is_error=True,
+            )
+        return ToolResultMessage(tool_call_id=call.id, name=call.name, content=_render(value))

@@ -1,0 +1,71 @@
+"""Settings: defaults, parsing and start-up errors that name the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent_template.config import Settings, load_settings
+from agent_template.errors import ConfigurationError
+from agent_template.services.providers import build_chain, resolve_primary
+
+
+def test_defaults_need_no_configuration() -> None:
+    s = load_settings()
+    assert s.database_url.startswith("sqlite")
+    assert s.redis_url is None or s.redis_url.startswith("redis")
+    assert resolve_primary(s) == "test"
+
+
+def test_fallbacks_parse_as_an_ordered_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FALLBACK_PROVIDERS", "anthropic, deepseek:deepseek-reasoner,test")
+    assert load_settings().fallback_providers == [
+        "anthropic",
+        "deepseek:deepseek-reasoner",
+        "test",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "expected"),
+    [
+        ("FALLBACK_PROVIDERS", "openai,nope", "provider or provider:model"),
+        ("SERVER_PORT", "eighty", "an integer from 1 to 65535"),
+        ("CONTEXT_COMPRESSION_THRESHOLD", "1.5", "greater than 0 and at most 1"),
+        ("DEFAULT_MODEL_PROVIDER", "gpt", "one of openai, anthropic"),
+        ("LOG_FORMAT", "xml", "json or text"),
+    ],
+)
+def test_invalid_values_name_the_variable_and_the_form(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    assert var in str(info.value)
+    assert expected in str(info.value)
+    assert repr(value) in str(info.value)
+
+
+def test_env_file_is_read(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text("ANTHROPIC_API_KEY=sk-ant\nMAX_CONCURRENT_TASKS=3\n")  # type: ignore[operator]
+    monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
+    s = load_settings()
+    assert s.max_concurrent_tasks == 3
+    assert resolve_primary(s) == "anthropic"
+
+
+def test_several_keys_make_a_load_balanced_pool() -> None:
+    s = Settings(_env_file=None, openai_api_key="k1, k2", fallback_providers=["test"])  # type: ignore[call-arg, arg-type]
+    chain = build_chain(s)
+    assert [p.label for p in chain[0]] == ["openai#1", "openai#2"]
+    assert chain[1][0].name == "test"
+
+
+def test_missing_key_is_a_clear_error() -> None:
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    with pytest.raises(ConfigurationError, match="Set OPENAI_API_KEY"):
+        build_chain(s, provider="openai")
+    with pytest.raises(ConfigurationError, match="LOCAL_BASE_URL"):
+        build_chain(s, provider="local")
