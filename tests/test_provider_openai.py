@@ -37,6 +37,11 @@ from agent_template.models import (
     UsageEvent,
     UserMessage,
 )
+from agent_template.services.providers._errors import (
+    in_stream_error,
+    parse_retry_after,
+    status_error,
+)
 from agent_template.services.providers.openai_compat import OpenAICompatProvider
 from tests.wire_server import Drop, Fault, Malformed, Reply, Stall, WireServer
 
@@ -367,3 +372,47 @@ def test_wire_server_answers_other_processes(wire_server: WireServer) -> None:
     assert text == "echo: from afar"
     assert done.stdout.rstrip().endswith("data: [DONE]")
     assert wire_server.paths() == ["/v1/chat/completions"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after": "2"}, 2.0),
+        ({"retry-after": "0.5"}, 0.5),
+        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:10 GMT"}, 10.0),
+        ({"retry-after": "soon"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after_headers_are_parsed(headers: dict[str, str], seconds: float | None) -> None:
+    now = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    assert parse_retry_after(headers, now=now) == seconds
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "expected"),
+    [
+        (403, None, AuthenticationError),
+        (404, None, BadRequestError),
+        (422, None, BadRequestError),
+        (502, None, ProviderOverloadedError),
+        (529, None, ProviderOverloadedError),
+        (None, "overloaded_error", ProviderOverloadedError),
+        (None, "rate_limit_error", RateLimitError),
+        (None, "something_new", StreamError),
+    ],
+)
+def test_statuses_and_stream_error_types_map_to_our_errors(
+    status: int | None, error_type: str | None, expected: type[Exception]
+) -> None:
+    if status is None:
+        error = in_stream_error("openai", "boom", error_type)
+    else:
+        error = status_error("openai", status, "boom", error_type=error_type)
+    assert type(error) is expected
+
+
+def test_other_statuses_are_retryable_only_from_500() -> None:
+    assert status_error("openai", 501, "x").retryable
+    assert not status_error("openai", 409, "x").retryable

@@ -31,6 +31,7 @@ from agent_template.models import (
     TaskPriority,
     TaskState,
     TaskStateChanged,
+    TextDelta,
 )
 
 if TYPE_CHECKING:
@@ -232,14 +233,17 @@ class AgentLoop:
                 n = 0
                 async for event in outcome:
                     publish(event)
-                    n += 1
-                    if n % _YIELD_EVERY == 0:
-                        await asyncio.sleep(0)
-                    if type(event) is DoneEvent:
+                    kind = type(event)
+                    if kind is TextDelta:
+                        n += 1
+                        if n == _YIELD_EVERY:
+                            n = 0
+                            await asyncio.sleep(0)
+                    elif kind is DoneEvent:
                         task.result = event.output
                         if event.status != "completed":
                             state = TaskState(event.status)
-                    elif type(event) is ErrorEvent:
+                    elif kind is ErrorEvent:
                         task.error = event.message
         except asyncio.CancelledError:
             state = TaskState.INTERRUPTED if not self._accepting else TaskState.CANCELLED

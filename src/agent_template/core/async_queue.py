@@ -185,6 +185,13 @@ class AsyncQueue(Generic[T]):
             QueueFullError: If the queue is full and the strategy is ``reject`` or ``block``.
             QueueClosedError: If the queue is closed.
         """
+        items = self._items
+        if not self._getters and not self._closed and len(items) + self._reserved < self.maxsize:
+            items.append(item)  # the hot path, inlined: room and nobody waiting
+            self.put_count += 1
+            if not self._high_state and len(items) >= self._high_level:
+                self._cross_high()
+            return True
         accepted = self._offer(item)
         if accepted is None:
             self.rejected_count += 1
@@ -250,8 +257,14 @@ class AsyncQueue(Generic[T]):
             asyncio.QueueEmpty: If the queue is empty but open.
             QueueClosedError: If the queue is closed and empty.
         """
-        if self._items:
-            return self._take()
+        items = self._items
+        if items:
+            item = items.popleft()
+            if self._putters or len(items) <= self._low_level:
+                self._after_remove(1)
+            else:
+                self.get_count += 1
+            return item
         if self._closed:
             raise QueueClosedError(self.name)
         raise asyncio.QueueEmpty

@@ -19,7 +19,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable
 from typing import Any, Literal, TypeAlias
 
 from pydantic import BaseModel
@@ -50,7 +50,7 @@ class Chunk:
 
     @property
     def type(self) -> str:
-        return str(getattr(self.event, "type", type(self.event).__name__))
+        return self.event.type  # type: ignore[attr-defined, no-any-return]
 
     @property
     def content(self) -> str:
@@ -384,26 +384,21 @@ class StreamGenerator:
             return existing
         return self.start(stream_id, source)  # type: ignore[arg-type]
 
-    async def process_stream(
+    def process_stream(
         self,
         stream_id: str,
         source: Task | ChunkStream | AsyncIterable[BaseModel] | None = None,
         *,
         after_seq: int | None = None,
         policy: ConsumerPolicy | None = None,
-    ) -> AsyncIterator[Chunk]:
-        """Yield the chunks of ``stream_id`` until it ends.
+    ) -> StreamConsumer:
+        """The chunks of ``stream_id``, to iterate with ``async for`` until the stream ends.
 
         ``source`` is a task made by ``AgentLoop.create_task`` (its run's events), a
         :class:`ChunkStream`, any async iterable of events (fed in the background), or None
-        to join a stream that already exists.
+        to join a stream that already exists. Close the returned consumer to leave early.
         """
-        consumer = self._resolve(stream_id, source).subscribe(after_seq=after_seq, policy=policy)
-        try:
-            async for chunk in consumer:
-                yield chunk
-        finally:
-            consumer.close()
+        return self._resolve(stream_id, source).subscribe(after_seq=after_seq, policy=policy)
 
     def subscribe(
         self,

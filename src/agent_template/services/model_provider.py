@@ -68,11 +68,18 @@ class ModelProvider(ABC):
 async def collect_response(events: AsyncIterator[ModelEvent]) -> ModelResponse:
     """Drain a provider stream into one :class:`ModelResponse`."""
     usage = Usage()
-    async for event in events:
-        if isinstance(event, UsageEvent):
-            usage = usage + event.usage
-        elif isinstance(event, ResponseFinished):
-            return ModelResponse(event.message, usage, event.finish_reason)
+    try:
+        async for event in events:
+            if isinstance(event, UsageEvent):
+                usage = usage + event.usage
+            elif isinstance(event, ResponseFinished):
+                return ModelResponse(event.message, usage, event.finish_reason)
+    finally:
+        # Close the stream here rather than whenever it is garbage-collected: it may hold a
+        # connection.
+        close = getattr(events, "aclose", None)
+        if close is not None:
+            await close()
     raise ProviderError("unknown", "the stream ended without a finish event")
 
 

@@ -126,10 +126,23 @@ def connection_error(provider: str, base_url: str, base_url_var: str | None) -> 
     )
 
 
+def _api_error(
+    provider: str,
+    status: int | None,
+    body: object,
+    fallback: str,
+    headers: Mapping[str, str] | None = None,
+) -> ProviderError:
+    message, kind = _error_fields(body)
+    if status is None or status < 400:  # an error event inside a stream that had started fine
+        return in_stream_error(provider, message or fallback, kind)
+    return status_error(provider, status, message or fallback, headers=headers, error_type=kind)
+
+
 def openai_error(
     exc: Exception, *, provider: str, base_url: str, base_url_var: str | None = None
 ) -> ProviderError:
-    """Translate an ``openai`` SDK exception (raised before the stream started)."""
+    """Translate an exception of the ``openai`` SDK into ours."""
     import openai
 
     if isinstance(exc, openai.APITimeoutError):
@@ -137,26 +150,16 @@ def openai_error(
     if isinstance(exc, openai.APIConnectionError):
         return connection_error(provider, base_url, base_url_var)
     if isinstance(exc, openai.APIStatusError):
-        message, kind = _error_fields(exc.body)
-        if exc.status_code < 400:  # an error event inside a stream that had started fine
-            return in_stream_error(provider, message or exc.message, kind)
-        return status_error(
-            provider,
-            exc.status_code,
-            message or exc.message,
-            headers=exc.response.headers,
-            error_type=kind,
-        )
+        return _api_error(provider, exc.status_code, exc.body, exc.message, exc.response.headers)
     if isinstance(exc, openai.APIError):
-        message, kind = _error_fields(exc.body)
-        return in_stream_error(provider, message or exc.message, kind)
+        return _api_error(provider, None, exc.body, exc.message)
     return ProviderError(provider, f"{type(exc).__name__}: {exc}")
 
 
 def anthropic_error(
     exc: Exception, *, provider: str, base_url: str, base_url_var: str | None = None
 ) -> ProviderError:
-    """Translate an ``anthropic`` SDK exception (raised before the stream started)."""
+    """Translate an exception of the ``anthropic`` SDK into ours."""
     import anthropic
 
     if isinstance(exc, anthropic.APITimeoutError):
@@ -164,17 +167,7 @@ def anthropic_error(
     if isinstance(exc, anthropic.APIConnectionError):
         return connection_error(provider, base_url, base_url_var)
     if isinstance(exc, anthropic.APIStatusError):
-        message, kind = _error_fields(exc.body)
-        if exc.status_code < 400:  # an error event inside a stream that had started fine
-            return in_stream_error(provider, message or exc.message, kind)
-        return status_error(
-            provider,
-            exc.status_code,
-            message or exc.message,
-            headers=exc.response.headers,
-            error_type=kind,
-        )
+        return _api_error(provider, exc.status_code, exc.body, exc.message, exc.response.headers)
     if isinstance(exc, anthropic.APIError):
-        message, kind = _error_fields(exc.body)
-        return in_stream_error(provider, message or exc.message, kind)
+        return _api_error(provider, None, exc.body, exc.message)
     return ProviderError(provider, f"{type(exc).__name__}: {exc}")
