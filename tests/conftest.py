@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +75,58 @@ def _no_real_providers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
 @pytest.fixture
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+# --------------------------------------------------------------------------- databases
+
+DEFAULT_TEST_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def service_missing(what: str, error: BaseException) -> None:
+    """Skip when a service is absent, except under CI, where that is a failure."""
+    message = f"{what} is not reachable ({type(error).__name__}: {error})"
+    if _ci():
+        pytest.fail(f"{message}; CI must test against it", pytrace=False)
+    pytest.skip(message)
+
+
+@contextlib.asynccontextmanager
+async def pg_schema() -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """A fresh PostgreSQL schema for one test, dropped afterwards: (url, connect_args)."""
+    import uuid
+
+    import asyncpg
+
+    url = os.environ.get("TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL)
+    plain = url.replace("postgresql+asyncpg://", "postgresql://")
+    try:
+        conn = await asyncpg.connect(plain, timeout=5)
+    except Exception as exc:
+        service_missing(f"PostgreSQL at {url}", exc)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    await conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield url, {"server_settings": {"search_path": schema}}
+    finally:
+        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """An opened SQLStore on a real SQLite file, then on a real PostgreSQL schema."""
+    from agent_template.services.storage import SQLStore
+
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "sqlite":
+            sql_store = SQLStore(f"sqlite:///{tmp_path / 'db' / 'agent.db'}")
+        else:
+            url, connect_args = await stack.enter_async_context(pg_schema())
+            sql_store = SQLStore(url, connect_args=connect_args)
+        await sql_store.open()
+        stack.push_async_callback(sql_store.close)
+        yield sql_store

@@ -192,7 +192,7 @@ async def test_shutdown_deadline_interrupts_the_rest() -> None:
 
 def chat_loop(model: Any, **kwargs: Any) -> AgentLoop:
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    sessions = SessionManager(MemorySessionStore())
+    sessions = SessionManager(store=MemorySessionStore())
     return AgentLoop(
         settings, model=model, session_manager=sessions, bus=InProcessEventBus(), **kwargs
     )

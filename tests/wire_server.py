@@ -61,6 +61,7 @@ class Reply:
 
     Each tool call's arguments (a dict, or raw JSON text) arrive in ``args_chunk``-character
     pieces. ``usage`` is (input tokens, output tokens); ``model`` defaults to the request's.
+    ``delay`` is the pause in seconds before each streamed chunk, to imitate a slow model.
     """
 
     text: str = ""
@@ -69,6 +70,7 @@ class Reply:
     text_chunk: int = 4
     args_chunk: int = 3
     model: str | None = None
+    delay: float = 0.0
 
 
 @dataclass(slots=True)
@@ -288,7 +290,7 @@ class WireServer:
             chunks = list(_anthropic_chunks(reply, model, number))
         if drop_after is not None:
             return _SSEResponse(chunks[:drop_after], drop=True)
-        return _SSEResponse(chunks)
+        return _SSEResponse(chunks, delay=reply.delay)
 
 
 class _DropConnection(Exception):
@@ -308,7 +310,7 @@ logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
 class _SSEResponse(Response):
     """Sends each chunk as its own body part; with ``drop`` it breaks off instead of ending."""
 
-    def __init__(self, chunks: list[bytes], *, drop: bool = False) -> None:
+    def __init__(self, chunks: list[bytes], *, drop: bool = False, delay: float = 0.0) -> None:
         # No super().__init__: it would declare a Content-Length; the body is sent chunked.
         self.status_code = 200
         self.background = None
@@ -318,10 +320,13 @@ class _SSEResponse(Response):
         ]
         self.chunks = chunks
         self.drop = drop
+        self.delay = delay
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         for chunk in self.chunks:
+            if self.delay:
+                await asyncio.sleep(self.delay)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         if self.drop:
             # After the response started, uvicorn answers an exception by closing the socket

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -56,11 +57,12 @@ class AgentRun:
     answer stays in ``result``, marked as cancelled.
     """
 
-    __slots__ = ("_events", "state")
+    __slots__ = ("_events", "config", "state")
 
-    def __init__(self, events: AsyncIterator[RunEvent], state: RunState) -> None:
+    def __init__(self, events: AsyncIterator[RunEvent], state: RunState, config: RunConfig) -> None:
         self._events = events
         self.state = state
+        self.config = config  # read by the run when it starts: adjust before iterating
 
     def __aiter__(self) -> AsyncIterator[RunEvent]:
         return self._events
@@ -91,6 +93,9 @@ class Agent:
         deps: any object handed to tools that declare a :class:`ToolContext` parameter.
         hooks: hooks called around model and tool calls.
         bus: where model and tool call events go.
+        compressor: keeps each request within the context window (an object with
+            ``async prepare(request, session_id=...)`` and ``observe(request, usage)``,
+            such as :class:`~agent_template.services.compressor.ContextCompressor`).
     """
 
     def __init__(
@@ -106,12 +111,14 @@ class Agent:
         deps: Any = None,
         hooks: HookRegistry | None = None,
         bus: EventBus | None = None,
+        compressor: Any = None,
     ) -> None:
         self.instructions = instructions
         self.name = name
         self.deps = deps
         self.hooks = hooks
         self.bus = bus
+        self.compressor = compressor
         self._settings = settings
         self._model_spec = model
         self._model: ModelClient | None = None
@@ -182,8 +189,13 @@ class Agent:
             agent=self.name,
             on_messages=on_messages,
         )
+        if self.compressor is not None:
+            config.prepare_request = functools.partial(
+                self.compressor.prepare, session_id=session_id
+            )
+            config.on_usage = self.compressor.observe
         tools = self.tools if len(self.tools) else None
-        return AgentRun(run_events(self.model, tools, state, config), state)
+        return AgentRun(run_events(self.model, tools, state, config), state, config)
 
     def run_stream(self, prompt: str, **kwargs: Any) -> AgentRun:
         """Alias of :meth:`start`, for ``async for event in agent.run_stream(...)``."""

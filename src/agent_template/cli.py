@@ -45,10 +45,14 @@ def _settings() -> Settings:
     from agent_template.errors import ConfigurationError
 
     try:
-        return load_settings()
+        settings = load_settings()
     except ConfigurationError as exc:
         _err(str(exc))
         raise typer.Exit(_EXIT_CONFIG) from None
+    from agent_template.utils.logging_setup import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format, settings.log_file)
+    return settings
 
 
 def _load_tools(specs: list[str]) -> list[FunctionTool]:
@@ -104,6 +108,10 @@ def run(
         list[str] | None,
         typer.Option("--tools", "-t", help="Module or .py file whose @tool functions to offer."),
     ] = None,
+    session: Annotated[
+        str | None,
+        typer.Option("--session", "-s", help="Continue (or create) this persisted session."),
+    ] = None,
     provider: Annotated[str | None, typer.Option(help="Provider, overriding settings.")] = None,
     model: Annotated[str | None, typer.Option(help="Model, overriding settings.")] = None,
     instructions: Annotated[
@@ -114,7 +122,11 @@ def run(
         bool, typer.Option("--json", help="Print every event as a JSON line.")
     ] = False,
 ) -> None:
-    """Stream an answer from an agent in this process, showing its tool calls."""
+    """Stream an answer from an agent in this process, showing its tool calls.
+
+    With --session, the conversation is stored in DATABASE_URL and the next run with the
+    same session continues it.
+    """
     settings = _settings()
     manager = _manager(settings, provider, model)
     tool_list = _load_tools(tools or [])
@@ -122,9 +134,14 @@ def run(
         from agent_template.services.providers.offline import OFFLINE_NOTICE
 
         _err(_style(OFFLINE_NOTICE, fg="yellow"))
-    code = asyncio.run(
-        _stream_run(settings, manager, tool_list, prompt, instructions, max_turns, json_events)
+    job = _stream_run(
+        settings, manager, tool_list, prompt, instructions, max_turns, json_events, session
     )
+    try:
+        code = asyncio.run(job)
+    except KeyboardInterrupt:
+        _err("[cancelled]")
+        code = _EXIT_INTERRUPTED
     raise typer.Exit(code)
 
 
@@ -136,58 +153,78 @@ async def _stream_run(
     instructions: str,
     max_turns: int | None,
     json_events: bool,
+    session_id: str | None,
 ) -> int:
-    from agent_template.agent import Agent
-    from agent_template.models import (
-        DoneEvent,
-        ErrorEvent,
-        TextDelta,
-        ToolCallFinished,
-        ToolResultEvent,
-    )
+    from agent_template.errors import AgentTemplateError
+    from agent_template.runtime import AgentLoop
 
-    agent = Agent(instructions, tools=tools, model=manager, settings=settings, max_turns=max_turns)
-    out = sys.stdout
-    run = agent.start(prompt)
-    status = "failed"
-    at_line_start = True
+    loop = AgentLoop(settings, model=manager, tools=tools, instructions=instructions)
+    if max_turns:
+        loop.agent.max_turns = max_turns
+    printer = _Printer(json_events)
     try:
-        async for event in run:
-            if json_events:
-                out.write(event.model_dump_json() + "\n")
-                out.flush()
-                if isinstance(event, DoneEvent):
-                    status = event.status
-                continue
-            if isinstance(event, TextDelta):
-                out.write(event.text)
-                out.flush()
-                at_line_start = event.text.endswith("\n")
-            elif isinstance(event, ToolCallFinished):
-                if not at_line_start:
-                    out.write("\n")
-                _err(_style(f"-> {event.call.name}({event.call.arguments})", fg="cyan"))
-                at_line_start = True
-            elif isinstance(event, ToolResultEvent):
-                mark = "error" if event.is_error else "result"
-                _err(_style(f"<- {event.name} {mark}: {_clip(event.content)}", fg="cyan"))
-            elif isinstance(event, ErrorEvent):
-                if not at_line_start:
-                    out.write("\n")
-                _err(_style(f"Error: {event.message}", fg="red"))
-                at_line_start = True
-            elif isinstance(event, DoneEvent):
-                status = event.status
-    except asyncio.CancelledError:
-        status = "cancelled"
+        task = await loop.create_task({"type": "chat", "message": prompt, "session_id": session_id})
+        async for chunk in task.stream.subscribe():
+            printer.show(chunk.event)
+        await loop.run()
+        if task.state.value == "failed" and not printer.error_shown:
+            _err(_style(f"Error: {task.error}", fg="red"))
+    except AgentTemplateError as exc:  # storage or configuration trouble, said plainly
+        _err(_style(f"Error: {exc}", fg="red"))
+        return _EXIT_FAILED
     finally:
+        await loop.stop(deadline=5)
+        await loop.sessions.close()
         await manager.aclose()
-    if not json_events and not at_line_start:
-        out.write("\n")
+    printer.finish()
+    if session_id is not None:
+        _err(_style(f"[session {session_id}]", dim=True))
+    status = task.state.value
     if status == "cancelled":
         _err("[cancelled]")
         return _EXIT_INTERRUPTED
     return 0 if status == "completed" else _EXIT_FAILED
+
+
+class _Printer:
+    """Renders run events: text on stdout, tool calls and errors on stderr."""
+
+    def __init__(self, json_events: bool) -> None:
+        self.json_events = json_events
+        self.at_line_start = True
+        self.error_shown = False
+
+    def show(self, event: Any) -> None:
+        out = sys.stdout
+        if self.json_events:
+            out.write(event.model_dump_json() + "\n")
+            out.flush()
+            return
+        kind = event.type
+        if kind == "text_delta":
+            out.write(event.text)
+            out.flush()
+            self.at_line_start = event.text.endswith("\n")
+        elif kind == "tool_call_finished":
+            self._break_line()
+            _err(_style(f"-> {event.call.name}({event.call.arguments})", fg="cyan"))
+        elif kind == "tool_result":
+            mark = "error" if event.is_error else "result"
+            _err(_style(f"<- {event.name} {mark}: {_clip(event.content)}", fg="cyan"))
+        elif kind == "error":
+            self._break_line()
+            _err(_style(f"Error: {event.message}", fg="red"))
+            self.error_shown = True
+
+    def _break_line(self) -> None:
+        if not self.at_line_start:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            self.at_line_start = True
+
+    def finish(self) -> None:
+        if not self.json_events:
+            self._break_line()
 
 
 def _clip(text: str, limit: int = 200) -> str:
@@ -334,6 +371,10 @@ def init(
 
 def main() -> None:
     """Entry point of ``agent-template``."""
+    from agent_template.cli_sessions import db_app, sessions_app
+
+    app.add_typer(sessions_app, name="sessions")
+    app.add_typer(db_app, name="db")
     app()
 
 

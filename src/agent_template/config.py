@@ -79,7 +79,12 @@ class Settings(BaseSettings):
     # Storage
     database_url: str = "sqlite:///./data/agent_template.db"
     redis_url: str | None = None
+    cache_backend: Literal["memory", "sqlite", "redis"] | None = None  # None: redis if set
     data_dir: Path = Path("./data")
+    session_ttl: float | None = Field(None, gt=0)  # seconds idle before cleanup; None: keep
+    context_window_messages: int = Field(200, ge=2)
+    checkpoint_interval: float = Field(1.0, gt=0)  # seconds between saves of a streaming answer
+    task_lease_seconds: float = Field(15.0, gt=0)
 
     # Agent
     max_concurrent_tasks: int = Field(10, ge=1)
@@ -98,7 +103,15 @@ class Settings(BaseSettings):
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("default_model_provider", "default_model", "local_base_url", mode="before")
+    @field_validator(
+        "default_model_provider",
+        "default_model",
+        "local_base_url",
+        "redis_url",
+        "cache_backend",
+        "session_ttl",
+        mode="before",
+    )
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

@@ -36,9 +36,12 @@ class ChatHandler:
     partial answer of a cancelled or failed turn.
     """
 
-    def __init__(self, agent: Agent, sessions: SessionManager) -> None:
+    def __init__(
+        self, agent: Agent, sessions: SessionManager, *, checkpoint_interval: float = 1.0
+    ) -> None:
         self.agent = agent
         self.sessions = sessions
+        self.checkpoint_interval = checkpoint_interval
 
     async def __call__(self, task: Task) -> AsyncIterator[BaseModelAlias]:
         payload = task.payload
@@ -48,25 +51,31 @@ class ChatHandler:
         sessions = self.sessions
         history: list[Any] = []
         session_id = task.session_id
-        save = None
+        task_id = task.task_id
+        save = checkpoint = None
         if session_id is not None:
             await sessions.get_or_create(session_id, str(payload.get("user_id", "default")))
             history = await sessions.get_context(session_id)
 
             async def save(messages: list[Message]) -> None:
-                await sessions.add_messages(session_id, messages)
+                await sessions.add_messages(session_id, messages, task_id=task_id)
 
-        # The run's own iterator, not a wrapper: one layer less on the streaming path.
-        return aiter(
-            self.agent.start(
-                message,
-                history=history,
-                session_id=session_id,
-                task_id=task.task_id,
-                model=payload.get("model"),
-                on_messages=save,
-            )
+            async def checkpoint(text: str) -> None:
+                await sessions.checkpoint(session_id, task_id, text)
+
+        run = self.agent.start(
+            message,
+            history=history,
+            session_id=session_id,
+            task_id=task_id,
+            model=payload.get("model"),
+            on_messages=save,
         )
+        if checkpoint is not None:
+            run.config.checkpoint = checkpoint
+            run.config.checkpoint_interval = self.checkpoint_interval
+        # The run's own iterator, not a wrapper: one layer less on the streaming path.
+        return aiter(run)
 
 
 class AgentLoop(_Scheduler):
@@ -97,6 +106,9 @@ class AgentLoop(_Scheduler):
             from agent_template.config import load_settings
 
             settings = load_settings()
+        sessions = session_manager or SessionManager(settings)
+        kwargs.setdefault("task_store", sessions.store)
+        kwargs.setdefault("lease_s", settings.task_lease_seconds)
         super().__init__(
             max_concurrent_tasks=max_concurrent_tasks or settings.max_concurrent_tasks,
             bus=bus,
@@ -104,7 +116,9 @@ class AgentLoop(_Scheduler):
             **kwargs,
         )
         self.settings = settings
-        self.sessions = session_manager or SessionManager(bus=self.bus)
+        self.sessions = sessions
+        if sessions.bus is None:
+            sessions.bus = self.bus
         self.agent = Agent(
             instructions,
             tools=tools,
@@ -113,4 +127,20 @@ class AgentLoop(_Scheduler):
             hooks=hooks,
             bus=self.bus,
         )
-        self.register_handler("chat", ChatHandler(self.agent, self.sessions))
+        self.register_handler(
+            "chat",
+            ChatHandler(
+                self.agent, self.sessions, checkpoint_interval=settings.checkpoint_interval
+            ),
+        )
+
+    async def create_task(self, spec: Any, **kwargs: Any) -> Task:
+        """Queue a task; a chat task's session is created first if it does not exist yet."""
+        session_id = kwargs.get("session_id") or (
+            spec.session_id if isinstance(spec, Task) else spec.get("session_id")
+        )
+        task_type = spec.type if isinstance(spec, Task) else spec.get("type", "chat")
+        if session_id and task_type == "chat":
+            user = "default" if isinstance(spec, Task) else str(spec.get("user_id", "default"))
+            await self.sessions.get_or_create(session_id, user)
+        return await super().create_task(spec, **kwargs)

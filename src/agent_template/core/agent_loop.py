@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from pydantic import BaseModel
 
@@ -38,12 +39,23 @@ if TYPE_CHECKING:
     from agent_template.core.events import EventBus
     from agent_template.core.hooks import HookRegistry
 
-__all__ = ["AgentLoop", "TaskHandler"]
+__all__ = ["AgentLoop", "TaskHandler", "TaskStore"]
+
+
+class TaskStore(Protocol):
+    """Where task states are recorded; a running task holds a lease this process renews."""
+
+    async def record_task(self, task: Task, lease_until: float | None) -> None: ...
+    async def renew_leases(self, task_ids: Iterable[str], until: float) -> None: ...
+
 
 # A handler returns events (an async iterator, possibly from a coroutine) or a result.
 TaskHandler: TypeAlias = Callable[[Task], AsyncIterator[BaseModel] | Awaitable[Any]]
 
+log = logging.getLogger("agent_template.agent_loop")
+
 DEFAULT_AGING_S = 10.0  # a waiting task gains one priority level per this many seconds
+DEFAULT_LEASE_S = 15.0  # a crashed process's running tasks are known dead this long after
 DEFAULT_SHUTDOWN_S = 10.0
 FINISHED_KEPT = 10_000  # finished tasks kept for get/list before the oldest are forgotten
 _YIELD_EVERY = 64  # events between forced yields, so a fast producer cannot starve readers
@@ -59,6 +71,8 @@ class AgentLoop:
         hooks: ``task_state`` hooks are called on every change.
         aging_s: seconds of waiting that raise a task's effective priority by one level.
         retain_chunks: chunks each task's stream keeps for late readers.
+        task_store: records every state change; running tasks hold a lease renewed every
+            third of ``lease_s``, so another process can tell a crash from a long task.
     """
 
     def __init__(
@@ -70,6 +84,8 @@ class AgentLoop:
         hooks: HookRegistry | None = None,
         aging_s: float = DEFAULT_AGING_S,
         retain_chunks: int = 10_000,
+        task_store: TaskStore | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         if max_concurrent_tasks < 1:
             raise ConfigurationError("MAX_CONCURRENT_TASKS must be at least 1.")
@@ -90,6 +106,9 @@ class AgentLoop:
         self._accepting = True
         self._idle: asyncio.Event | None = None
         self.peak_running = 0
+        self.task_store = task_store
+        self.lease_s = lease_s
+        self._renewer: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ handlers
 
@@ -273,6 +292,16 @@ class AgentLoop:
         await self._announce(task, previous)
 
     async def _announce(self, task: Task, previous: TaskState | None) -> None:
+        if self.task_store is not None and task.session_id is not None:
+            running = task.state is TaskState.RUNNING
+            try:
+                await self.task_store.record_task(
+                    task, time.time() + self.lease_s if running else None
+                )
+            except Exception:  # the run goes on; the next state change records it again
+                log.exception("could not record task %s as %s", task.task_id, task.state)
+            if running and self._renewer is None:
+                self._renewer = asyncio.create_task(self._renew_leases(), name="task leases")
         self.bus.publish(
             TaskStateChanged(
                 session_id=task.session_id,
@@ -285,6 +314,22 @@ class AgentLoop:
             from agent_template.core.hooks import HookContext
 
             await self.hooks.task_state(task, HookContext(task.session_id, None, task.task_id))
+
+    async def _renew_leases(self) -> None:
+        """Extend the leases of running tasks until none is left."""
+        assert self.task_store is not None
+        try:
+            while self._running:
+                await asyncio.sleep(self.lease_s / 3)
+                if self._running:
+                    try:
+                        await self.task_store.renew_leases(
+                            list(self._running), time.time() + self.lease_s
+                        )
+                    except Exception:  # retried at the next tick, well before expiry
+                        log.exception("could not renew task leases")
+        finally:
+            self._renewer = None
 
     # ------------------------------------------------------------------ service
 
@@ -317,6 +362,8 @@ class AgentLoop:
                 runner.cancel()
             if late:
                 await asyncio.wait(late)
+        if self._renewer is not None:
+            self._renewer.cancel()
 
     def stats(self) -> dict[str, Any]:
         by_state: dict[str, int] = {}

@@ -75,6 +75,13 @@ class RunConfig:
     # Called with each batch of new messages before any consumer hears of them (the user
     # message first, then every assistant message and tool result, and partial output).
     on_messages: Callable[[list[Message]], Awaitable[None]] | None = None
+    # Shapes each request before it is sent (context compression), and learns from the
+    # usage the provider reports for it.
+    prepare_request: Callable[[ModelRequest], Awaitable[ModelRequest]] | None = None
+    on_usage: Callable[[ModelRequest, Usage], None] | None = None
+    # Saves the text of an answer while it streams, at most every checkpoint_interval seconds.
+    checkpoint: Callable[[str], Awaitable[None]] | None = None
+    checkpoint_interval: float = 1.0
 
 
 @dataclass(slots=True)
@@ -250,6 +257,8 @@ async def run_events(
             temperature=config.temperature,
             max_tokens=config.max_tokens,
         )
+        if config.prepare_request is not None:
+            request = await config.prepare_request(request)
         if hooks is not None and hook_ctx is not None:
             request = await hooks.before_model_call(request, hook_ctx)
         if bus is not None:
@@ -259,11 +268,16 @@ async def run_events(
         usage = Usage()
         finished: ResponseFinished | None = None
         stream = model.stream(request)
+        checkpoint = config.checkpoint
+        next_checkpoint = time.monotonic() + config.checkpoint_interval
         try:
             async for event in stream:
                 kind = type(event)
                 if kind is TextDelta:
                     text.append(event.text)  # type: ignore[union-attr]
+                    if checkpoint is not None and time.monotonic() >= next_checkpoint:
+                        await checkpoint("".join(text))
+                        next_checkpoint = time.monotonic() + config.checkpoint_interval
                 elif kind is UsageEvent:
                     usage = usage + event.usage  # type: ignore[union-attr]
                 elif kind is ResponseFinished:
@@ -306,6 +320,8 @@ async def run_events(
             await stream.aclose()  # type: ignore[attr-defined]
         state.usage = state.usage + usage
         state.turns += 1
+        if config.on_usage is not None:
+            config.on_usage(request, usage)
         if finished is None:  # a provider that broke its contract; keep what it said
             finished = ResponseFinished(
                 finish_reason="stop", message=AssistantMessage(content="".join(text))

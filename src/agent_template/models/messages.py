@@ -18,7 +18,7 @@ __all__ = [
     "message_adapter",
 ]
 
-MessageStatus: TypeAlias = Literal["complete", "cancelled", "failed", "interrupted"]
+MessageStatus: TypeAlias = Literal["complete", "streaming", "cancelled", "failed", "interrupted"]
 
 
 class Usage(BaseModel):

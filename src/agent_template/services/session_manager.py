@@ -1,90 +1,127 @@
 """SessionManager: sessions owned by users, their message history and the model's context.
 
-Storage is behind the :class:`SessionStore` protocol. :class:`MemorySessionStore` keeps
-everything in this process (one shared store per process by default, so independently built
-components see the same sessions).
+Storage is behind the :class:`SessionStore` protocol: :class:`~agent_template.services.storage.
+SQLStore` (SQLite or PostgreSQL from ``DATABASE_URL``, the default) or
+:class:`MemorySessionStore` (this process only). Sessions load lazily, one query at a time;
+opening the manager recovers tasks that a dead process left running.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent_template.errors import SessionNotFoundError
-from agent_template.models import Message, Session, SessionChanged
+from agent_template.models import (
+    AssistantMessage,
+    Message,
+    Session,
+    SessionChanged,
+    Task,
+    ToolResultMessage,
+)
+from agent_template.services.storage.records import MessageRecord, TaskRecord, TodoRecord
 
-__all__ = ["MemorySessionStore", "SessionManager", "SessionStore", "default_store"]
+if TYPE_CHECKING:
+    from agent_template.config import Settings
+
+__all__ = ["DEFAULT_CONTEXT_WINDOW", "MemorySessionStore", "SessionManager", "SessionStore"]
+
+DEFAULT_CONTEXT_WINDOW = 200  # recent messages loaded for the model; older ones stay stored
 
 
 class SessionStore(Protocol):
+    """What the manager needs from storage. Every write is durable when it returns."""
+
+    async def open(self) -> Any: ...
+    async def close(self) -> None: ...
     async def save_session(self, session: Session) -> None: ...
     async def load_session(self, session_id: str) -> Session | None: ...
     async def delete_session(self, session_id: str) -> bool: ...
     async def list_sessions(
         self, user_id: str | None, limit: int, offset: int
     ) -> list[Session]: ...
-    async def append_messages(self, session_id: str, messages: Sequence[Message]) -> None: ...
-    async def load_messages(self, session_id: str, limit: int | None = None) -> list[Message]: ...
-
-
-class MemorySessionStore:
-    """Sessions and messages in memory: fast, and gone when the process ends."""
-
-    def __init__(self) -> None:
-        self._sessions: dict[str, Session] = {}
-        self._messages: dict[str, list[Message]] = {}
-
-    async def save_session(self, session: Session) -> None:
-        self._sessions[session.session_id] = session
-        self._messages.setdefault(session.session_id, [])
-
-    async def load_session(self, session_id: str) -> Session | None:
-        return self._sessions.get(session_id)
-
-    async def delete_session(self, session_id: str) -> bool:
-        self._messages.pop(session_id, None)
-        return self._sessions.pop(session_id, None) is not None
-
-    async def list_sessions(self, user_id: str | None, limit: int, offset: int) -> list[Session]:
-        rows = [s for s in self._sessions.values() if user_id is None or s.user_id == user_id]
-        rows.sort(key=lambda s: s.last_active_at, reverse=True)
-        return rows[offset : offset + limit]
-
-    async def append_messages(self, session_id: str, messages: Sequence[Message]) -> None:
-        self._messages.setdefault(session_id, []).extend(messages)
-
-    async def load_messages(self, session_id: str, limit: int | None = None) -> list[Message]:
-        rows = self._messages.get(session_id, [])
-        return list(rows[-limit:] if limit else rows)
-
-
-_default_store: MemorySessionStore | None = None
-
-
-def default_store() -> MemorySessionStore:
-    """The process's shared in-memory store."""
-    global _default_store
-    if _default_store is None:
-        _default_store = MemorySessionStore()
-    return _default_store
+    async def session_ids_idle_since(self, cutoff: float) -> list[str]: ...
+    async def append_messages(
+        self, session_id: str, messages: Sequence[Message], *, task_id: str | None = None
+    ) -> list[int]: ...
+    async def checkpoint(self, session_id: str, task_id: str, text: str) -> None: ...
+    async def load_records(
+        self, session_id: str, *, limit: int | None = None, after_seq: int = 0
+    ) -> list[MessageRecord]: ...
+    async def record_task(self, task: Task, lease_until: float | None) -> None: ...
+    async def renew_leases(self, task_ids: Iterable[str], until: float) -> None: ...
+    async def load_tasks(self, session_id: str) -> list[TaskRecord]: ...
+    async def recover(self, now: float | None = None) -> list[str]: ...
+    async def save_todos(self, session_id: str, items: Sequence[TodoRecord]) -> None: ...
+    async def load_todos(self, session_id: str) -> list[TodoRecord]: ...
+    async def save_compaction(self, session_id: str, state: dict[str, Any] | None) -> None: ...
+    async def load_compaction(self, session_id: str) -> dict[str, Any] | None: ...
 
 
 class SessionManager:
     """Creates, finds and deletes sessions, and keeps their message history.
 
     Args:
-        store: where sessions live; the process's shared in-memory store by default.
+        settings: where ``DATABASE_URL`` and the session settings come from.
+        store: storage to use instead of the database named by the settings.
         bus: where session events go (anything with ``publish``).
+        context_window: recent messages handed to the model (tool pairs are never split).
+        idle_ttl: seconds of inactivity after which :meth:`cleanup_idle` deletes a session;
+            None keeps sessions forever.
+
+    Constructing it does no I/O; the first call opens the store and applies migrations.
     """
 
-    def __init__(self, store: SessionStore | None = None, *, bus: Any = None) -> None:
-        self.store: SessionStore = store if store is not None else default_store()
-        self.bus = bus
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        store: SessionStore | None = None,
+        bus: Any = None,
+        context_window: int | None = None,
+        idle_ttl: float | None = None,
+    ) -> None:
+        if store is None:
+            if settings is None:
+                from agent_template.config import load_settings
 
-    def _publish(self, session: Session, action: str) -> None:
+                settings = load_settings()
+            from agent_template.services.storage import SQLStore
+
+            store = SQLStore(settings.database_url)
+        self.store: SessionStore = store
+        self.bus = bus
+        self.context_window = context_window or (
+            settings.context_window_messages if settings else DEFAULT_CONTEXT_WINDOW
+        )
+        self.idle_ttl = (
+            idle_ttl if idle_ttl is not None else (settings.session_ttl if settings else None)
+        )
+        self._opened = False
+
+    async def open(self) -> None:
+        """Open the store (applying migrations) and recover interrupted tasks."""
+        if not self._opened:
+            await self.store.open()
+            self._opened = True
+            await self.store.recover()
+
+    async def _ready(self) -> SessionStore:
+        if not self._opened:
+            await self.open()
+        return self.store
+
+    async def close(self) -> None:
+        await self.store.close()
+        self._opened = False
+
+    def _publish(self, session_id: str, action: str) -> None:
         if self.bus is not None:
-            self.bus.publish(SessionChanged(session_id=session.session_id, action=action))  # type: ignore[arg-type]
+            self.bus.publish(SessionChanged(session_id=session_id, action=action))  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ sessions
 
     async def create_session(
         self,
@@ -95,6 +132,7 @@ class SessionManager:
         metadata: dict[str, Any] | None = None,
         model_settings: dict[str, Any] | None = None,
     ) -> Session:
+        store = await self._ready()
         session = Session(
             user_id=user_id,
             title=title,
@@ -103,54 +141,229 @@ class SessionManager:
         )
         if session_id:
             session.session_id = session_id
-        await self.store.save_session(session)
-        self._publish(session, "created")
+        await store.save_session(session)
+        self._publish(session.session_id, "created")
         return session
 
     async def get_session(self, session_id: str) -> Session:
         """Raises SessionNotFoundError."""
-        session = await self.store.load_session(session_id)
+        session = await (await self._ready()).load_session(session_id)
         if session is None:
             raise SessionNotFoundError(session_id)
         return session
 
     async def get_or_create(self, session_id: str, user_id: str = "default") -> Session:
-        session = await self.store.load_session(session_id)
+        session = await (await self._ready()).load_session(session_id)
         return session or await self.create_session(user_id, session_id=session_id)
 
     async def list_sessions(
         self, user_id: str | None = None, *, limit: int = 50, offset: int = 0
     ) -> list[Session]:
-        """Newest activity first."""
-        return await self.store.list_sessions(user_id, limit, offset)
+        """Most recently active first."""
+        return await (await self._ready()).list_sessions(user_id, limit, offset)
 
     async def rename_session(self, session_id: str, title: str) -> Session:
         session = await self.get_session(session_id)
         session.title = title
         session.updated_at = time.time()
         await self.store.save_session(session)
-        self._publish(session, "updated")
+        self._publish(session_id, "updated")
         return session
 
     async def delete_session(self, session_id: str) -> None:
-        session = await self.get_session(session_id)
-        await self.store.delete_session(session_id)
-        self._publish(session, "deleted")
+        """Delete a session with its messages, tasks and todos. Raises SessionNotFoundError."""
+        if not await (await self._ready()).delete_session(session_id):
+            raise SessionNotFoundError(session_id)
+        self._publish(session_id, "deleted")
 
-    async def add_messages(self, session_id: str, messages: Sequence[Message]) -> None:
-        """Append to the history (committed before this returns)."""
+    async def cleanup_idle(self, ttl: float | None = None) -> int:
+        """Delete sessions idle for longer than ``ttl`` (default ``idle_ttl``); returns count."""
+        ttl = ttl if ttl is not None else self.idle_ttl
+        if ttl is None:
+            return 0
+        store = await self._ready()
+        stale = await store.session_ids_idle_since(time.time() - ttl)
+        for session_id in stale:
+            await store.delete_session(session_id)
+            self._publish(session_id, "deleted")
+        return len(stale)
+
+    # ------------------------------------------------------------------ messages
+
+    async def add_messages(
+        self, session_id: str, messages: Sequence[Message], *, task_id: str | None = None
+    ) -> list[int]:
+        """Append to the history; committed before this returns. Returns sequence numbers."""
         if not messages:
-            return
-        session = await self.get_session(session_id)
-        await self.store.append_messages(session_id, messages)
-        session.message_count += len(messages)
-        session.updated_at = session.last_active_at = time.time()
-        await self.store.save_session(session)
+            return []
+        return await (await self._ready()).append_messages(session_id, messages, task_id=task_id)
+
+    async def checkpoint(self, session_id: str, task_id: str, text: str) -> None:
+        """Save the text of an answer that is still streaming."""
+        await (await self._ready()).checkpoint(session_id, task_id, text)
+
+    async def get_history(
+        self, session_id: str, *, limit: int | None = None
+    ) -> list[MessageRecord]:
+        """Stored messages with their numbers and statuses (every one, or the last ``limit``)."""
+        await self.get_session(session_id)
+        return await self.store.load_records(session_id, limit=limit)
 
     async def get_messages(self, session_id: str, *, limit: int | None = None) -> list[Message]:
-        await self.get_session(session_id)
-        return await self.store.load_messages(session_id, limit)
+        return [r.message for r in await self.get_history(session_id, limit=limit)]
 
     async def get_context(self, session_id: str) -> list[Message]:
-        """The messages handed to the model for the next turn."""
-        return await self.get_messages(session_id)
+        """The recent messages handed to the model for the next turn.
+
+        Reads only the last ``context_window`` rows; drops answers still streaming elsewhere
+        and tool results whose call fell outside the window, so the history stays valid.
+        """
+        records = await (await self._ready()).load_records(session_id, limit=self.context_window)
+        messages = [r.message for r in records if r.status != "streaming"]
+        return _valid_history(messages)
+
+    # ------------------------------------------------------------------ tasks and todos
+
+    async def get_tasks(self, session_id: str) -> list[TaskRecord]:
+        return await (await self._ready()).load_tasks(session_id)
+
+    async def recover(self) -> list[str]:
+        """Mark tasks left running by a dead process ``interrupted``; returns their ids."""
+        return await (await self._ready()).recover()
+
+
+def _valid_history(messages: list[Message]) -> list[Message]:
+    """Drop tool results without their call, and calls without all their results."""
+    answered = {m.tool_call_id for m in messages if isinstance(m, ToolResultMessage)}
+    called: set[str] = set()
+    out: list[Message] = []
+    for m in messages:
+        if isinstance(m, AssistantMessage) and m.tool_calls:
+            if not all(c.id in answered for c in m.tool_calls):
+                if m.content:
+                    out.append(m.model_copy(update={"tool_calls": []}))
+                continue
+            called.update(c.id for c in m.tool_calls)
+        elif isinstance(m, ToolResultMessage) and m.tool_call_id not in called:
+            continue
+        out.append(m)
+    return out
+
+
+class MemorySessionStore:
+    """Everything in this process: fast, and gone when it ends."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, Session] = {}
+        self._records: dict[str, list[MessageRecord]] = {}
+        self._tasks: dict[str, TaskRecord] = {}
+        self._todos: dict[str, list[TodoRecord]] = {}
+        self._compaction: dict[str, dict[str, Any] | None] = {}
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def save_session(self, session: Session) -> None:
+        self._sessions[session.session_id] = session.model_copy()
+        self._records.setdefault(session.session_id, [])
+
+    async def load_session(self, session_id: str) -> Session | None:
+        session = self._sessions.get(session_id)
+        return session.model_copy() if session else None
+
+    async def delete_session(self, session_id: str) -> bool:
+        self._records.pop(session_id, None)
+        self._todos.pop(session_id, None)
+        self._tasks = {k: t for k, t in self._tasks.items() if t.session_id != session_id}
+        return self._sessions.pop(session_id, None) is not None
+
+    async def list_sessions(self, user_id: str | None, limit: int, offset: int) -> list[Session]:
+        rows = [s for s in self._sessions.values() if user_id is None or s.user_id == user_id]
+        rows.sort(key=lambda s: s.last_active_at, reverse=True)
+        return [s.model_copy() for s in rows[offset : offset + limit]]
+
+    async def session_ids_idle_since(self, cutoff: float) -> list[str]:
+        return [sid for sid, s in self._sessions.items() if s.last_active_at < cutoff]
+
+    def _touch(self, session_id: str, added: int) -> None:
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise SessionNotFoundError(session_id)
+        session.message_count += added
+        session.updated_at = session.last_active_at = time.time()
+
+    async def append_messages(
+        self, session_id: str, messages: Sequence[Message], *, task_id: str | None = None
+    ) -> list[int]:
+        records = self._records.setdefault(session_id, [])
+        seqs = []
+        rest = list(messages)
+        if task_id and rest and isinstance(rest[0], AssistantMessage):
+            for record in reversed(records):
+                if record.task_id == task_id and record.status == "streaming":
+                    record.message, record.status = rest[0], rest[0].status
+                    seqs.append(record.seq)
+                    rest.pop(0)
+                    break
+        if rest:
+            self._touch(session_id, len(rest))
+        for message in rest:
+            seq = len(records) + 1
+            status = getattr(message, "status", "complete")
+            records.append(MessageRecord(seq, message, status, task_id, time.time(), False))
+            seqs.append(seq)
+        return seqs
+
+    async def checkpoint(self, session_id: str, task_id: str, text: str) -> None:
+        partial = AssistantMessage(content=text, status="streaming")
+        for record in self._records.get(session_id, []):
+            if record.task_id == task_id and record.status == "streaming":
+                record.message = partial
+                return
+        await self.append_messages(session_id, [partial], task_id=task_id)
+
+    async def load_records(
+        self, session_id: str, *, limit: int | None = None, after_seq: int = 0
+    ) -> list[MessageRecord]:
+        rows = [r for r in self._records.get(session_id, []) if r.seq > after_seq]
+        return rows[-limit:] if limit else rows
+
+    async def record_task(self, task: Task, lease_until: float | None) -> None:
+        self._tasks[task.task_id] = TaskRecord(
+            task.task_id,
+            task.session_id,
+            task.type,
+            task.state.value,
+            task.created_at,
+            task.started_at,
+            task.finished_at,
+            task.error,
+            None,
+            lease_until,
+        )
+
+    async def renew_leases(self, task_ids: Iterable[str], until: float) -> None:
+        for task_id in task_ids:
+            if task_id in self._tasks:
+                self._tasks[task_id].lease_expires_at = until
+
+    async def load_tasks(self, session_id: str) -> list[TaskRecord]:
+        return [t for t in self._tasks.values() if t.session_id == session_id]
+
+    async def recover(self, now: float | None = None) -> list[str]:
+        return []  # nothing outlives the process
+
+    async def save_todos(self, session_id: str, items: Sequence[TodoRecord]) -> None:
+        self._todos[session_id] = list(items)
+
+    async def load_todos(self, session_id: str) -> list[TodoRecord]:
+        return list(self._todos.get(session_id, []))
+
+    async def save_compaction(self, session_id: str, state: dict[str, Any] | None) -> None:
+        self._compaction[session_id] = state
+
+    async def load_compaction(self, session_id: str) -> dict[str, Any] | None:
+        return self._compaction.get(session_id)

@@ -1,0 +1,107 @@
+"""The database schema (SQLAlchemy Core). Changes go through a migration in ``migrations/``."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+__all__ = ["messages", "metadata", "sessions", "tasks", "todos"]
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# Times are seconds since the epoch (float): the same on SQLite and PostgreSQL.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", String(128), nullable=False, index=True),
+    Column("title", Text),
+    Column("metadata", Text, nullable=False, default="{}"),
+    Column("model_settings", Text, nullable=False, default="{}"),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("last_active_at", Float, nullable=False),
+    Column("message_count", Integer, nullable=False, default=0),
+    Column("compaction", Text),  # the context compressor's state, JSON
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column(
+        "session_id",
+        String(64),
+        ForeignKey("sessions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("seq", Integer, nullable=False),
+    Column("role", String(16), nullable=False),
+    # complete | cancelled | failed | interrupted | streaming (a checkpointed partial answer)
+    Column("status", String(16), nullable=False),
+    Column("encoding", SmallInteger, nullable=False, default=0),  # 0 JSON, 1 LZ4-framed JSON
+    Column("body", LargeBinary, nullable=False),
+    Column("task_id", String(64)),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("session_id", "seq"),
+)
+Index("ix_messages_task_id", messages.c.task_id)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE")),
+    Column("type", String(32), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("payload", Text, nullable=False, default="{}"),
+    Column("result", Text),
+    Column("error", Text),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("lease_owner", String(128)),
+    Column("lease_expires_at", Float),
+)
+Index("ix_tasks_session_id", tasks.c.session_id)
+Index("ix_tasks_state", tasks.c.state)
+
+todos = Table(
+    "todos",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column(
+        "session_id",
+        String(64),
+        ForeignKey("sessions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("position", Integer, nullable=False),
+    Column("content", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+Index("ix_todos_session_id", todos.c.session_id)

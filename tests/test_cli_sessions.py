@@ -1,0 +1,104 @@
+"""Persisted sessions through the CLI: continue a conversation, survive SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.wire_server import Reply, WireServer
+
+
+def env_for(wire: WireServer, tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DEFAULT_MODEL_PROVIDER": "openai",
+        "OPENAI_BASE_URL": wire.openai_base_url,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'agent.db'}",
+        "CHECKPOINT_INTERVAL": "0.2",
+    }
+
+
+def cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent_template.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_two_runs_continue_one_conversation(wire_server: WireServer, tmp_path: Path) -> None:
+    env = env_for(wire_server, tmp_path)
+    wire_server.script(Reply(text="Nice to meet you, Ada."), Reply(text="Your name is Ada."))
+    first = cli("run", "--session", "chat1", "My name is Ada.", env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    second = cli("run", "--session", "chat1", "What is my name?", env=env, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == "Your name is Ada."
+    sent = wire_server.requests[1].body["messages"]
+    assert [(m["role"], m["content"]) for m in sent[1:]] == [
+        ("user", "My name is Ada."),
+        ("assistant", "Nice to meet you, Ada."),
+        ("user", "What is my name?"),
+    ]
+    listing = cli("sessions", "list", env=env, cwd=tmp_path)
+    assert "chat1" in listing.stdout
+    assert " 4  " in listing.stdout  # four messages
+
+
+def test_sigkill_while_streaming_keeps_the_partial_answer(
+    wire_server: WireServer, tmp_path: Path
+) -> None:
+    env = env_for(wire_server, tmp_path)
+    wire_server.script(Reply(text="An earlier answer."))
+    assert cli("run", "--session", "k", "Earlier question", env=env, cwd=tmp_path).returncode == 0
+    story = " ".join(f"word{i}" for i in range(400))
+    wire_server.script(Reply(text=story, text_chunk=6, delay=0.02))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "agent_template.cli", "run", "--session", "k", "Tell a story"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert child.stdout is not None
+    streamed = b""
+    deadline = time.monotonic() + 30
+    while len(streamed) < 120 and time.monotonic() < deadline:
+        streamed += os.read(child.stdout.fileno(), 64)
+    time.sleep(0.5)  # at least two checkpoint intervals after text began to stream
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert streamed, "nothing streamed before the kill"
+
+    shown = cli("sessions", "show", "k", env=env, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert "Earlier question" in out
+    assert "An earlier answer." in out
+    assert "Tell a story" in out
+    assert "#4 assistant [interrupted]" in out
+    partial = out.split("#4 assistant [interrupted]")[1].splitlines()[1].strip()
+    assert partial and story.startswith(partial)
+    assert len(partial) >= 60
+    assert "interrupted: The process running this task stopped" in out
+
+
+def test_sessions_delete_and_unknown_session(wire_server: WireServer, tmp_path: Path) -> None:
+    env = env_for(wire_server, tmp_path)
+    assert cli("run", "--session", "gone", "hi", env=env, cwd=tmp_path).returncode == 0
+    assert cli("sessions", "delete", "gone", env=env, cwd=tmp_path).returncode == 0
+    missing = cli("sessions", "show", "gone", env=env, cwd=tmp_path)
+    assert missing.returncode == 1
+    assert "Session 'gone' does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    upgraded = cli("db", "upgrade", env=env, cwd=tmp_path)
+    assert "revision 0002" in upgraded.stdout
