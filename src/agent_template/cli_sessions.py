@@ -124,6 +124,32 @@ def delete_session(
     _go(job())
 
 
+@sessions_app.command("compact")
+def compact_session(
+    session_id: Annotated[str, typer.Argument(help="The session whose context to compact.")],
+) -> None:
+    """Summarise a session's older turns now; the stored history stays whole."""
+    from agent_template.cli import _settings
+    from agent_template.runtime import AgentLoop
+
+    settings = _settings()
+
+    async def job() -> None:
+        loop = AgentLoop(settings)
+        try:
+            await loop.sessions.get_session(session_id)
+            result = await loop.compact_session(session_id)
+        finally:
+            await loop.sessions.close()
+        typer.echo(
+            f"Compacted session {session_id}: about {result.tokens_before} -> "
+            f"{result.tokens_after} tokens ({result.strategy or 'nothing to do'}); "
+            f"limit {result.limit}."
+        )
+
+    _go(job())
+
+
 @db_app.command("upgrade")
 def upgrade() -> None:
     """Apply the schema migrations to DATABASE_URL (start-up does this too)."""

@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     max_concurrent_tasks: int = Field(10, ge=1)
     max_context_length: int = Field(8000, ge=1)
     context_compression_threshold: float = Field(0.8, gt=0, le=1)
+    context_compression: bool = True  # off: requests are sent whole, whatever their size
     max_turns: int = Field(20, ge=1)
     tool_timeout: float = Field(60.0, gt=0)
 

@@ -14,8 +14,10 @@ from pydantic import BaseModel as BaseModelAlias
 
 from agent_template.agent import Agent
 from agent_template.core.agent_loop import AgentLoop as _Scheduler
-from agent_template.models import Message, Task
+from agent_template.models import Message, SystemMessage, Task
+from agent_template.services.compressor import STATE_VERSION, CompactionResult, ContextCompressor
 from agent_template.services.session_manager import SessionManager
+from agent_template.services.todo_manager import TodoManager
 
 if TYPE_CHECKING:
     from agent_template.config import Settings
@@ -56,9 +58,17 @@ class ChatHandler:
         if session_id is not None:
             await sessions.get_or_create(session_id, str(payload.get("user_id", "default")))
             history = await sessions.get_context(session_id)
+            compressor = self.agent.compressor
+            known = await _restore_compaction(compressor, sessions, session_id)
 
             async def save(messages: list[Message]) -> None:
+                nonlocal known
                 await sessions.add_messages(session_id, messages, task_id=task_id)
+                if compressor is not None:
+                    current = compressor.dump_state(session_id)["sessions"].get(session_id)
+                    if current != known:  # a new summary: keep it for the next process too
+                        await sessions.save_compaction(session_id, current)
+                        known = current
 
             async def checkpoint(text: str) -> None:
                 await sessions.checkpoint(session_id, task_id, text)
@@ -78,6 +88,24 @@ class ChatHandler:
         return aiter(run)
 
 
+async def _restore_compaction(
+    compressor: ContextCompressor | None, sessions: SessionManager, session_id: str
+) -> dict[str, Any] | None:
+    """Give the compressor the session's stored summary; return it as stored."""
+    if compressor is None:
+        return None
+    current = compressor.dump_state(session_id)["sessions"].get(session_id)
+    if current is not None:
+        return dict(current)
+    stored = await sessions.load_compaction(session_id)
+    if stored:
+        try:
+            compressor.load_state({"version": STATE_VERSION, "sessions": {session_id: stored}})
+        except (ValueError, KeyError):  # an older format: summarise afresh instead
+            return None
+    return stored
+
+
 class AgentLoop(_Scheduler):
     """The task scheduler with a ``chat`` handler wired to a model, tools and sessions.
 
@@ -87,6 +115,7 @@ class AgentLoop(_Scheduler):
         session_manager: where chat history lives (the process's shared store by default).
         tools: tools chat turns may call.
         instructions: the system prompt of chat turns.
+        todo_tools: offer the agent ``todo_write``/``todo_read`` for its session's plan.
     """
 
     def __init__(
@@ -100,6 +129,7 @@ class AgentLoop(_Scheduler):
         bus: EventBus | None = None,
         hooks: HookRegistry | None = None,
         max_concurrent_tasks: int | None = None,
+        todo_tools: bool = True,
         **kwargs: Any,
     ) -> None:
         if settings is None:
@@ -119,14 +149,26 @@ class AgentLoop(_Scheduler):
         self.sessions = sessions
         if sessions.bus is None:
             sessions.bus = self.bus
+        self.todos = TodoManager(sessions.store, bus=self.bus)
+        all_tools = list(tools)
+        if todo_tools:
+            all_tools.extend(self.todos.tools())
         self.agent = Agent(
             instructions,
-            tools=tools,
+            tools=all_tools,
             model=model,
             settings=settings,
             hooks=hooks,
             bus=self.bus,
         )
+        self.compressor = ContextCompressor(
+            max_context_length=settings.max_context_length,
+            threshold=settings.context_compression_threshold,
+            enabled=settings.context_compression,
+            model=self.agent.model,  # summaries come from the same model, with failover
+            bus=self.bus,
+        )
+        self.agent.compressor = self.compressor
         self.register_handler(
             "chat",
             ChatHandler(
@@ -144,3 +186,15 @@ class AgentLoop(_Scheduler):
             user = "default" if isinstance(spec, Task) else str(spec.get("user_id", "default"))
             await self.sessions.get_or_create(session_id, user)
         return await super().create_task(spec, **kwargs)
+
+    async def compact_session(self, session_id: str) -> CompactionResult:
+        """Compact a session's context now; the stored history itself is never changed."""
+        history = await self.sessions.get_context(session_id)
+        await _restore_compaction(self.compressor, self.sessions, session_id)
+        instructions = [SystemMessage(content=self.agent.instructions)]
+        result = await self.compressor.compact(
+            [*instructions, *history], session_id=session_id, tools=self.agent.tools.definitions()
+        )
+        state = self.compressor.dump_state(session_id)["sessions"].get(session_id)
+        await self.sessions.save_compaction(session_id, state)
+        return result

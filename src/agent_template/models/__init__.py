@@ -3,6 +3,7 @@
 from agent_template.models.bus import (
     BusEvent,
     BusEventBase,
+    ContextCompacted,
     ErrorOccurred,
     ModelCallFinished,
     ModelCallStarted,
@@ -10,6 +11,7 @@ from agent_template.models.bus import (
     StreamEnded,
     StreamStarted,
     TaskStateChanged,
+    TodoListChanged,
     ToolExecFinished,
     ToolExecStarted,
     bus_event_adapter,
@@ -46,6 +48,7 @@ from agent_template.models.messages import (
 from agent_template.models.requests import ModelRequest, ModelResponse
 from agent_template.models.sessions import Session
 from agent_template.models.tasks import TERMINAL_STATES, Task, TaskPriority, TaskState
+from agent_template.models.todos import TodoItem, TodoStatus
 from agent_template.models.tools import ToolDefinition
 
 __all__ = [
@@ -53,6 +56,7 @@ __all__ = [
     "AssistantMessage",
     "BusEvent",
     "BusEventBase",
+    "ContextCompacted",
     "DoneEvent",
     "ErrorEvent",
     "ErrorOccurred",
@@ -78,6 +82,9 @@ __all__ = [
     "TaskState",
     "TaskStateChanged",
     "TextDelta",
+    "TodoItem",
+    "TodoListChanged",
+    "TodoStatus",
     "ToolCall",
     "ToolCallDelta",
     "ToolCallFinished",

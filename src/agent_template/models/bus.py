@@ -13,10 +13,12 @@ from pydantic import BaseModel, Field, TypeAdapter
 
 from agent_template.models.messages import Usage
 from agent_template.models.tasks import Task, TaskState
+from agent_template.models.todos import TodoItem
 
 __all__ = [
     "BusEvent",
     "BusEventBase",
+    "ContextCompacted",
     "ErrorOccurred",
     "ModelCallFinished",
     "ModelCallStarted",
@@ -24,6 +26,7 @@ __all__ = [
     "StreamEnded",
     "StreamStarted",
     "TaskStateChanged",
+    "TodoListChanged",
     "ToolExecFinished",
     "ToolExecStarted",
     "bus_event_adapter",
@@ -95,6 +98,29 @@ class ErrorOccurred(BusEventBase):
     source: str = ""
 
 
+class TodoListChanged(BusEventBase):
+    type: Literal["todos_changed"] = "todos_changed"
+    items: list[TodoItem]
+
+
+class ContextCompacted(BusEventBase):
+    """A request was compacted to fit the model's context window.
+
+    ``tokens_before`` and ``tokens_after`` are calibrated estimates of the whole request
+    (messages and tool definitions); ``limit`` is the budget it had to fit. ``strategy`` names
+    the strategies that changed something, joined by ``+`` (``"drop_tool_outputs+summarize"``).
+    """
+
+    type: Literal["context_compacted"] = "context_compacted"
+    tokens_before: int
+    tokens_after: int
+    strategy: str
+    summarized_messages: int = 0
+    dropped_messages: int = 0
+    limit: int
+    manual: bool = False
+
+
 BusEvent = Annotated[
     TaskStateChanged
     | ModelCallStarted
@@ -104,6 +130,8 @@ BusEvent = Annotated[
     | StreamStarted
     | StreamEnded
     | SessionChanged
+    | TodoListChanged
+    | ContextCompacted
     | ErrorOccurred,
     Field(discriminator="type"),
 ]

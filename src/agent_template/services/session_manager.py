@@ -25,10 +25,12 @@ from agent_template.services.storage.records import MessageRecord, TaskRecord, T
 
 if TYPE_CHECKING:
     from agent_template.config import Settings
+    from agent_template.services.state_cache import StateCache
 
 __all__ = ["DEFAULT_CONTEXT_WINDOW", "MemorySessionStore", "SessionManager", "SessionStore"]
 
 DEFAULT_CONTEXT_WINDOW = 200  # recent messages loaded for the model; older ones stay stored
+SESSION_CACHE_TTL_S = 300.0  # a cached session is re-read from the database after this
 
 
 class SessionStore(Protocol):
@@ -70,6 +72,8 @@ class SessionManager:
         context_window: recent messages handed to the model (tool pairs are never split).
         idle_ttl: seconds of inactivity after which :meth:`cleanup_idle` deletes a session;
             None keeps sessions forever.
+        cache: hot session state (Redis or memory, from the settings by default when the
+            store comes from them). A cache outage or miss falls back to the database.
 
     Constructing it does no I/O; the first call opens the store and applies migrations.
     """
@@ -82,6 +86,7 @@ class SessionManager:
         bus: Any = None,
         context_window: int | None = None,
         idle_ttl: float | None = None,
+        cache: StateCache | None = None,
     ) -> None:
         if store is None:
             if settings is None:
@@ -91,6 +96,10 @@ class SessionManager:
             from agent_template.services.storage import SQLStore
 
             store = SQLStore(settings.database_url)
+            if cache is None:
+                cache = _session_cache(settings)
+        self.cache = cache.namespaced("sessions") if cache is not None else None
+        self._cache_root = cache
         self.store: SessionStore = store
         self.bus = bus
         self.context_window = context_window or (
@@ -115,7 +124,13 @@ class SessionManager:
 
     async def close(self) -> None:
         await self.store.close()
+        if self._cache_root is not None:
+            await self._cache_root.aclose()
         self._opened = False
+
+    async def _forget(self, session_id: str) -> None:
+        if self.cache is not None:
+            await self.cache.delete(session_id)
 
     def _publish(self, session_id: str, action: str) -> None:
         if self.bus is not None:
@@ -147,9 +162,16 @@ class SessionManager:
 
     async def get_session(self, session_id: str) -> Session:
         """Raises SessionNotFoundError."""
+        cache = self.cache
+        if cache is not None:
+            hit = await cache.get(session_id)
+            if hit is not None:
+                return Session.model_validate(hit)
         session = await (await self._ready()).load_session(session_id)
         if session is None:
             raise SessionNotFoundError(session_id)
+        if cache is not None:
+            await cache.set(session_id, session.model_dump(mode="json"), ttl=SESSION_CACHE_TTL_S)
         return session
 
     async def get_or_create(self, session_id: str, user_id: str = "default") -> Session:
@@ -167,12 +189,15 @@ class SessionManager:
         session.title = title
         session.updated_at = time.time()
         await self.store.save_session(session)
+        await self._forget(session_id)
         self._publish(session_id, "updated")
         return session
 
     async def delete_session(self, session_id: str) -> None:
         """Delete a session with its messages, tasks and todos. Raises SessionNotFoundError."""
-        if not await (await self._ready()).delete_session(session_id):
+        deleted = await (await self._ready()).delete_session(session_id)
+        await self._forget(session_id)
+        if not deleted:
             raise SessionNotFoundError(session_id)
         self._publish(session_id, "deleted")
 
@@ -185,6 +210,7 @@ class SessionManager:
         stale = await store.session_ids_idle_since(time.time() - ttl)
         for session_id in stale:
             await store.delete_session(session_id)
+            await self._forget(session_id)
             self._publish(session_id, "deleted")
         return len(stale)
 
@@ -196,7 +222,9 @@ class SessionManager:
         """Append to the history; committed before this returns. Returns sequence numbers."""
         if not messages:
             return []
-        return await (await self._ready()).append_messages(session_id, messages, task_id=task_id)
+        seqs = await (await self._ready()).append_messages(session_id, messages, task_id=task_id)
+        await self._forget(session_id)  # its message count and activity time changed
+        return seqs
 
     async def checkpoint(self, session_id: str, task_id: str, text: str) -> None:
         """Save the text of an answer that is still streaming."""
@@ -230,6 +258,28 @@ class SessionManager:
     async def recover(self) -> list[str]:
         """Mark tasks left running by a dead process ``interrupted``; returns their ids."""
         return await (await self._ready()).recover()
+
+    async def load_compaction(self, session_id: str) -> dict[str, Any] | None:
+        """The context compressor's saved state for the session (its standing summary)."""
+        return await (await self._ready()).load_compaction(session_id)
+
+    async def save_compaction(self, session_id: str, state: dict[str, Any] | None) -> None:
+        await (await self._ready()).save_compaction(session_id, state)
+
+
+def _session_cache(settings: Settings) -> StateCache | None:
+    """The configured state cache, when it is shared; a fallback counts in the metrics."""
+    if not settings.redis_url and settings.cache_backend in (None, "memory"):
+        return None  # the database is local and fast; an in-process copy would go stale
+    from agent_template.core.metrics import default_metrics
+    from agent_template.services.state_cache import create_state_cache
+
+    metrics = default_metrics()
+
+    def count(reason: str) -> None:
+        metrics.inc("cache_fallbacks_total")
+
+    return create_state_cache(settings, on_fallback=count)
 
 
 def _valid_history(messages: list[Message]) -> list[Message]:

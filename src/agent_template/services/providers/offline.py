@@ -43,6 +43,7 @@ OFFLINE_NOTICE = (
 )
 _CALL_RE = re.compile(r"^\s*call\s+([A-Za-z_][\w.-]*)\s*(\{.*\})?\s*$", re.DOTALL)
 _WORD_RE = re.compile(r"\S+\s*|\s+")
+_TRANSCRIPT_MARK = "Transcript of the earlier conversation"
 
 
 @dataclass(slots=True)
@@ -104,6 +105,8 @@ class TestProvider(ModelProvider):
         if turn.error is not None:
             raise turn.error
         delay = self.delay
+        if request.max_tokens and estimate_tokens(turn.text) > request.max_tokens:
+            turn = TestTurn(turn.text[: request.max_tokens * 4], turn.tool_calls)  # like a model
         if turn.text:
             for word in _WORD_RE.findall(turn.text):
                 if delay:
@@ -138,6 +141,13 @@ def _text_of(message: Any) -> str:
     return content if isinstance(content, str) else str(content)
 
 
+def _summarise(transcript: str) -> str:
+    """A deterministic summary: the start of every line the user wrote, in order."""
+    said = [line[6:].strip() for line in transcript.splitlines() if line.startswith("User: ")]
+    gist = "; ".join(" ".join(text.split()[:6]) for text in said)
+    return f"The user wrote {len(said)} messages: {gist}."
+
+
 def _answer(request: ModelRequest) -> TestTurn:
     """What the offline model says when it has no script."""
     messages = request.messages
@@ -155,6 +165,8 @@ def _answer(request: ModelRequest) -> TestTurn:
         return TestTurn(text="\n".join(lines))
     last = next((m for m in reversed(messages) if isinstance(m, UserMessage)), None)
     said = last.content.strip() if last else ""
+    if said.startswith(_TRANSCRIPT_MARK):  # a context-compression request
+        return TestTurn(text=_summarise(said))
     match = _CALL_RE.match(said)
     offered = {t.name for t in request.tools}
     if match and match.group(1) in offered:
