@@ -7,6 +7,7 @@ arguments runs ``chat`` tasks against the configured provider (the offline model
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ from pydantic import BaseModel as BaseModelAlias
 
 from agent_template.agent import Agent
 from agent_template.core.agent_loop import AgentLoop as _Scheduler
+from agent_template.core.metrics import Metrics, default_metrics
 from agent_template.models import Message, SystemMessage, Task
 from agent_template.services.compressor import STATE_VERSION, CompactionResult, ContextCompressor
 from agent_template.services.session_manager import SessionManager
@@ -116,6 +118,7 @@ class AgentLoop(_Scheduler):
         tools: tools chat turns may call.
         instructions: the system prompt of chat turns.
         todo_tools: offer the agent ``todo_write``/``todo_read`` for its session's plan.
+        metrics: where counters and histograms go (the process's metrics by default).
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class AgentLoop(_Scheduler):
         hooks: HookRegistry | None = None,
         max_concurrent_tasks: int | None = None,
         todo_tools: bool = True,
+        metrics: Metrics | None = None,
         **kwargs: Any,
     ) -> None:
         if settings is None:
@@ -169,6 +173,10 @@ class AgentLoop(_Scheduler):
             bus=self.bus,
         )
         self.agent.compressor = self.compressor
+        self.metrics = metrics if metrics is not None else default_metrics()
+        self.metrics.attach(self.bus)
+        gauges = weakref.WeakMethod(self._gauges)  # a finished loop is not kept alive by it
+        self.metrics.add_collector(lambda: (gauges() or dict)())
         self.register_handler(
             "chat",
             ChatHandler(
@@ -186,6 +194,18 @@ class AgentLoop(_Scheduler):
             user = "default" if isinstance(spec, Task) else str(spec.get("user_id", "default"))
             await self.sessions.get_or_create(session_id, user)
         return await super().create_task(spec, **kwargs)
+
+    def _gauges(self) -> dict[str, float]:
+        """Values read when metrics are collected: queue depths and provider failovers."""
+        values: dict[str, float] = {
+            "tasks_pending": self.pending_count,
+            "tasks_running": self.running_count,
+        }
+        model = self.agent.model
+        failovers = getattr(model, "failovers", None)
+        if failovers is not None:
+            values["model_failovers_total"] = failovers
+        return values
 
     async def compact_session(self, session_id: str) -> CompactionResult:
         """Compact a session's context now; the stored history itself is never changed."""

@@ -110,6 +110,7 @@ class Metrics:
         self._buckets: dict[str, tuple[float, ...]] = {}
         self._collectors: list[Collector] = []
         self._failed_collectors: set[int] = set()
+        self._attached: dict[int, Callable[[], None]] = {}  # bus id -> detach
 
     # ------------------------------------------------------------------ recording
 
@@ -302,10 +303,22 @@ class Metrics:
         ``errors_total{code}``. ``tasks_current`` counts tasks by the state they last entered,
         so it is exact only for tasks whose every transition was seen.
 
+        Attaching to a bus this object already listens to changes nothing.
+
         Returns:
             A function that detaches the listener.
         """
-        return bus.add_listener(self._on_event, types=_ATTACHED_TYPES)
+        attached = self._attached
+        key = id(bus)
+        if key not in attached:
+            remove = bus.add_listener(self._on_event, types=_ATTACHED_TYPES)
+
+            def detach() -> None:
+                if attached.pop(key, None) is not None:
+                    remove()
+
+            attached[key] = detach
+        return attached[key]
 
     def _on_event(self, event: BusEventBase) -> None:
         match event:
