@@ -102,3 +102,35 @@ def test_sessions_delete_and_unknown_session(wire_server: WireServer, tmp_path: 
     assert "Traceback" not in missing.stderr
     upgraded = cli("db", "upgrade", env=env, cwd=tmp_path)
     assert "revision 0002" in upgraded.stdout
+
+
+def test_ctrl_c_cancels_promptly_and_keeps_the_partial_answer(
+    wire_server: WireServer, tmp_path: Path
+) -> None:
+    env = env_for(wire_server, tmp_path)
+    story = " ".join(f"word{i}" for i in range(400))
+    wire_server.script(Reply(text=story, text_chunk=6, delay=0.02))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "agent_template.cli", "run", "--session", "c", "Tell a story"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert child.stdout is not None
+    streamed = b""
+    deadline = time.monotonic() + 30
+    while len(streamed) < 60 and time.monotonic() < deadline:
+        streamed += os.read(child.stdout.fileno(), 64)
+    sent_at = time.monotonic()
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=15)
+    assert time.monotonic() - sent_at < 5, "Ctrl-C did not stop the run promptly"
+    assert child.returncode == 130
+    assert b"[cancelled]" in err
+    assert b"Traceback" not in err
+    shown = cli("sessions", "show", "c", env=env, cwd=tmp_path).stdout
+    assert "#2 assistant [cancelled]" in shown
+    partial = shown.split("#2 assistant [cancelled]")[1].splitlines()[1].strip()
+    assert story.startswith(partial)
+    assert "task " in shown and " cancelled" in shown

@@ -324,15 +324,36 @@ class _SSEResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        if self.delay:
+            await self._send_slowly(receive, send)
+            return
         for chunk in self.chunks:
-            if self.delay:
-                await asyncio.sleep(self.delay)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         if self.drop:
             # After the response started, uvicorn answers an exception by closing the socket
             # without the final empty chunk, so the client sees a body cut short.
             raise _DropConnection
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send_slowly(self, receive: Receive, send: Send) -> None:
+        """Pause before each chunk; stop as soon as the client goes away."""
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            for chunk in self.chunks:
+                await asyncio.sleep(self.delay)
+                if gone.is_set():
+                    return
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
 
 
 # --------------------------------------------------------------------------- errors

@@ -158,10 +158,18 @@ async def _stream_run(
     from agent_template.errors import AgentTemplateError
     from agent_template.runtime import AgentLoop
 
-    loop = AgentLoop(settings, model=manager, tools=tools, instructions=instructions)
+    sessions = None
+    if session_id is None:  # nothing to keep: no database needed
+        from agent_template.services.session_manager import MemorySessionStore, SessionManager
+
+        sessions = SessionManager(store=MemorySessionStore())
+    loop = AgentLoop(
+        settings, model=manager, tools=tools, instructions=instructions, session_manager=sessions
+    )
     if max_turns:
         loop.agent.max_turns = max_turns
     printer = _Printer(json_events)
+    task = None
     try:
         task = await loop.create_task({"type": "chat", "message": prompt, "session_id": session_id})
         async for chunk in task.stream.subscribe():
@@ -172,10 +180,12 @@ async def _stream_run(
     except AgentTemplateError as exc:  # storage or configuration trouble, said plainly
         _err(_style(f"Error: {exc}", fg="red"))
         return _EXIT_FAILED
+    except asyncio.CancelledError:  # Ctrl-C: stop the run now, keeping what it produced
+        if task is not None:
+            await asyncio.shield(loop.cancel_task(task.task_id))
+        raise
     finally:
-        await loop.stop(deadline=5)
-        await loop.sessions.close()
-        await manager.aclose()
+        await asyncio.shield(_shutdown(loop, manager))
     printer.finish()
     if session_id is not None:
         _err(_style(f"[session {session_id}]", dim=True))
@@ -184,6 +194,12 @@ async def _stream_run(
         _err("[cancelled]")
         return _EXIT_INTERRUPTED
     return 0 if status == "completed" else _EXIT_FAILED
+
+
+async def _shutdown(loop: Any, manager: ModelManager) -> None:
+    await loop.stop(deadline=5)
+    await loop.sessions.close()
+    await manager.aclose()
 
 
 class _Printer:

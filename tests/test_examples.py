@@ -1,0 +1,48 @@
+"""The examples in the README run as they are."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_spec_python_api_example_runs_to_completion(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "python_api.py")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "DEFAULT_MODEL_PROVIDER": "test"},
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "You said: 'Hello, what can you help me with?'" in proc.stdout
+    assert (tmp_path / "data" / "agent_template.db").exists()  # the session was stored
+
+
+def test_readme_python_api_blocks_parse() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    assert len(blocks) >= 3
+    for block in blocks:
+        compile(block, "README.md", "exec")
+
+
+def test_readme_tool_example_runs_offline(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    first = readme.split("```python\n")[1].split("```", 1)[0]
+    proc = subprocess.run(
+        [sys.executable, "-c", first],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "input_tokens" in proc.stdout
