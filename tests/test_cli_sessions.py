@@ -134,3 +134,24 @@ def test_ctrl_c_cancels_promptly_and_keeps_the_partial_answer(
     partial = shown.split("#2 assistant [cancelled]")[1].splitlines()[1].strip()
     assert story.startswith(partial)
     assert "task " in shown and " cancelled" in shown
+
+
+def test_a_long_offline_session_shows_its_compactions(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'agent.db'}",
+        "MAX_CONTEXT_LENGTH": "500",
+    }
+    seen = []
+    for turn in range(6):
+        prompt = f"Turn {turn}: tell me about the longest rivers of the world and their deltas"
+        proc = cli("run", "--session", "long", prompt, env=env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert f"You said: 'Turn {turn}" in proc.stdout
+        seen += [line for line in proc.stderr.splitlines() if "context compacted" in line]
+    assert seen, "the context never needed compacting"
+    before, after = seen[-1].split("about ")[1].split(" tokens")[0].split(" -> ")
+    assert int(before) > int(after)
+    assert "limit 400" in seen[-1]
+    history = cli("sessions", "show", "long", env=env, cwd=tmp_path).stdout
+    assert history.count(" user\n") == 6  # the stored history is whole

@@ -169,6 +169,7 @@ async def _stream_run(
     if max_turns:
         loop.agent.max_turns = max_turns
     printer = _Printer(json_events)
+    loop.bus.add_listener(printer.compacted, types=["context_compacted"])
     task = None
     try:
         task = await loop.create_task({"type": "chat", "message": prompt, "session_id": session_id})
@@ -231,6 +232,21 @@ class _Printer:
             self._break_line()
             _err(_style(f"Error: {event.message}", fg="red"))
             self.error_shown = True
+
+    def compacted(self, event: Any) -> None:
+        """Say when the context was compacted, with the token counts."""
+        if self.json_events:
+            sys.stdout.write(event.model_dump_json() + "\n")
+            return
+        self._break_line()
+        kind = "manual compaction" if event.manual else "context compacted"
+        _err(
+            _style(
+                f"[{kind}: about {event.tokens_before} -> {event.tokens_after} tokens "
+                f"({event.strategy}); limit {event.limit}]",
+                dim=True,
+            )
+        )
 
     def _break_line(self) -> None:
         if not self.at_line_start:

@@ -142,10 +142,13 @@ def _text_of(message: Any) -> str:
 
 
 def _summarise(transcript: str) -> str:
-    """A deterministic summary: the start of every line the user wrote, in order."""
-    said = [line[6:].strip() for line in transcript.splitlines() if line.startswith("User: ")]
+    """A deterministic summary: the earlier summary, then the start of each user line."""
+    lines = transcript.splitlines()
+    earlier = [line[17:].strip() for line in lines if line.startswith("Earlier summary: ")]
+    said = [line[6:].strip() for line in lines if line.startswith("User: ")]
     gist = "; ".join(" ".join(text.split()[:6]) for text in said)
-    return f"The user wrote {len(said)} messages: {gist}."
+    before = f"{earlier[0]} " if earlier else ""
+    return f"{before}Then the user wrote {len(said)} messages: {gist}."
 
 
 def _answer(request: ModelRequest) -> TestTurn:
