@@ -557,3 +557,52 @@ async def test_long_offline_conversation_keeps_working_past_the_limit() -> None:
     summaries = sum(map(is_summary_request, model.requests))
     assert 1 <= summaries < 20  # reused across turns, not rewritten every turn
     assert summaries == compressor.stats()["summaries"]
+
+
+# ------------------------------------------------------- a stored session over the real wire
+
+
+async def test_stored_session_is_compacted_on_the_wire_and_kept_whole_in_storage(
+    wire_server: WireServer, tmp_path: Any
+) -> None:
+    from agent_template import AgentLoop
+    from agent_template.config import Settings
+    from agent_template.core.events import InProcessEventBus
+
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        database_url=f"sqlite:///{tmp_path / 'wire.db'}",
+        redis_url=None,
+        max_context_length=2500,
+    )
+    provider = OpenAICompatProvider(
+        name="openai", api_key="k", base_url=wire_server.openai_base_url, model="m", timeout=5
+    )
+    loop = AgentLoop(
+        settings,
+        model=provider,
+        instructions=INSTRUCTIONS,
+        bus=InProcessEventBus(),
+        todo_tools=False,
+    )
+    session = await loop.sessions.create_session("ada")
+    history = conversation(30)[1:]
+    await loop.sessions.add_messages(session.session_id, history)
+    stored_before = [m.model_dump() for m in await loop.sessions.get_messages(session.session_id)]
+    wire_server.script(Reply(text="SUMMARY: thirty questions."), Reply(text="final answer"))
+    task = await loop.create_task({"message": "What next?", "session_id": session.session_id})
+    await loop.run()
+    await provider.aclose()
+    assert task.result == "final answer", task.error
+    sent = wire_server.requests[-1].body["messages"]
+    assert sent[1]["content"].endswith("SUMMARY: thirty questions.")
+    assert wire_tokens(sent) <= loop.compressor.limit  # under the threshold
+    roles = [m["role"] for m in sent]
+    for i, m in enumerate(sent):  # every call is answered right after it (the server checks too)
+        if m.get("tool_calls"):
+            assert roles[i + 1] == "tool"
+    stored = await loop.sessions.get_messages(session.session_id)
+    assert [m.model_dump() for m in stored[: len(history)]] == stored_before
+    assert [m.role for m in stored[len(history) :]] == ["user", "assistant"]
+    assert await loop.sessions.load_compaction(session.session_id)  # summary kept for next time
+    await loop.sessions.close()

@@ -11,6 +11,7 @@ __all__ = [
     "AllProvidersFailedError",
     "AuthenticationError",
     "BadRequestError",
+    "CacheUnavailableError",
     "ConfigurationError",
     "MaxTurnsExceededError",
     "ProviderConnectionError",
@@ -23,6 +24,7 @@ __all__ = [
     "RunCancelledError",
     "SessionNotFoundError",
     "SlowConsumerError",
+    "StateCacheError",
     "StreamError",
     "StreamNotFoundError",
     "TaskNotFoundError",
@@ -292,3 +294,34 @@ class StreamNotFoundError(AgentTemplateError):
     def __init__(self, stream_id: str) -> None:
         self.stream_id = stream_id
         super().__init__(f"Stream '{stream_id}' does not exist or has expired.")
+
+
+# --------------------------------------------------------------------------- state cache
+
+
+class StateCacheError(AgentTemplateError):
+    """A state cache operation failed for a reason other than a bad argument."""
+
+    code = "state_cache_error"
+
+
+class CacheUnavailableError(StateCacheError):
+    """The cache's store could not be reached or did not answer in time.
+
+    Attributes:
+        backend: the backend's name (``redis``, ``sqlite``...).
+        target: where it was looked for (a URL without its password, or a path).
+        detail: what went wrong.
+    """
+
+    code = "cache_unavailable"
+
+    def __init__(self, backend: str, target: str, detail: str) -> None:
+        self.backend = backend
+        self.target = target
+        self.detail = detail
+        where = f"REDIS_URL={target}" if backend == "redis" else f"{backend} cache at {target}"
+        super().__init__(
+            f"State cache unavailable ({where}): {detail}. "
+            "Check that the store is up and the setting is right, or use another cache backend."
+        )

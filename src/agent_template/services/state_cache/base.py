@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
-from agent_template.errors import AgentTemplateError
+from agent_template.errors import CacheUnavailableError, StateCacheError
 
 __all__ = [
     "DEFAULT_NAMESPACE",
@@ -29,34 +29,6 @@ __all__ = [
 ]
 
 DEFAULT_NAMESPACE = "agent_template"
-
-
-class StateCacheError(AgentTemplateError):
-    """A state cache operation failed for a reason other than a bad argument."""
-
-    code = "state_cache_error"
-
-
-class CacheUnavailableError(StateCacheError):
-    """The cache's store could not be reached or did not answer in time.
-
-    Attributes:
-        backend: the backend's name (``redis``, ``sqlite``...).
-        target: where it was looked for (a URL without its password, or a path).
-        detail: what went wrong.
-    """
-
-    code = "cache_unavailable"
-
-    def __init__(self, backend: str, target: str, detail: str) -> None:
-        self.backend = backend
-        self.target = target
-        self.detail = detail
-        where = f"REDIS_URL={target}" if backend == "redis" else f"{backend} cache at {target}"
-        super().__init__(
-            f"State cache unavailable ({where}): {detail}. "
-            "Check that the store is up and the setting is right, or use another cache backend."
-        )
 
 
 def encode_value(value: Any) -> str:
