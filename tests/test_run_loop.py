@@ -331,3 +331,29 @@ def test_run_sync(settings: Settings) -> None:
     result = Agent(model=TestProvider(["hi"]), settings=settings).run_sync("hello")
     assert result.output == "hi"
     assert [m.role for m in result.messages] == ["user", "assistant"]
+
+
+class _BrokenModel(ModelProvider):
+    """Streams a little, then fails with an exception no provider module mapped."""
+
+    name = "broken"
+
+    def __init__(self) -> None:
+        super().__init__(model="broken")
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        yield TextDelta(text="half ")
+        raise KeyError("choices")
+
+
+async def test_an_unexpected_model_failure_is_reported_not_raised(settings: Settings) -> None:
+    run = Agent(model=_BrokenModel(), settings=settings).start("x")
+    events = [e async for e in run]
+    assert [e.type for e in events] == ["text_delta", "error", "done"]
+    error = events[1]
+    assert isinstance(error, ErrorEvent)
+    assert error.code == "unexpected_error"
+    assert "KeyError" in error.message
+    partial = run.result.messages[-1]
+    assert isinstance(partial, AssistantMessage)
+    assert (partial.content, partial.status) == ("half ", "failed")

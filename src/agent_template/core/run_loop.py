@@ -284,7 +284,10 @@ async def run_events(
                     finished = event  # type: ignore[assignment]
                     continue  # announced once the message is stored
                 yield event
-        except AgentTemplateError as exc:
+        except Exception as caught:
+            # An unexpected exception (a provider bug, garbage the SDK could not parse) ends
+            # the run the same way as a known provider failure: reported, partial kept.
+            exc = caught if isinstance(caught, AgentTemplateError) else _unexpected(caught)
             state.usage = state.usage + usage
             _close_partial(state, text, "failed")
             state.status, state.error = "failed", exc
@@ -309,7 +312,7 @@ async def run_events(
             yield ErrorEvent(code=exc.code, message=str(exc), retryable=_retryable(exc))
             yield DoneEvent(status="failed", usage=state.usage, turns=state.turns)
             return
-        except BaseException:
+        except BaseException:  # cancelled, or this iterator was closed
             state.usage = state.usage + usage
             _close_partial(state, text, "cancelled")
             state.status = "cancelled"
@@ -388,6 +391,16 @@ async def run_events(
     state.status, state.error = "failed", error
     yield ErrorEvent(code=error.code, message=str(error))
     yield DoneEvent(status="failed", usage=state.usage, turns=state.turns)
+
+
+def _unexpected(exc: Exception) -> AgentTemplateError:
+    log.error("model stream failed unexpectedly", exc_info=exc)
+    error = AgentTemplateError(
+        f"The model call failed unexpectedly ({type(exc).__name__}: {exc}). "
+        "Retry; if it keeps happening, check the log file and report it."
+    )
+    error.code = "unexpected_error"
+    return error
 
 
 def _retryable(exc: AgentTemplateError) -> bool:
