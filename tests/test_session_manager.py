@@ -170,3 +170,23 @@ async def test_manual_compaction_of_a_session(tmp_path: Path) -> None:
     assert compactions[-1].manual
     assert len(await loop.sessions.get_messages("m")) == 12
     await loop.sessions.close()
+
+
+async def test_a_running_service_deletes_idle_sessions(tmp_path: Path) -> None:
+    import asyncio
+
+    settings = settings_for(tmp_path, session_ttl=0.4)
+    loop = AgentLoop(settings, model=TestProvider(), bus=InProcessEventBus(), todo_tools=False)
+    old = await loop.sessions.create_session()
+    await loop.start()
+    try:
+        async with asyncio.timeout(5):
+            while True:
+                try:
+                    await loop.sessions.get_session(old.session_id)
+                except SessionNotFoundError:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await loop.stop()
+        await loop.sessions.close()

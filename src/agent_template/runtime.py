@@ -7,6 +7,8 @@ arguments runs ``chat`` tasks against the configured provider (the offline model
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import weakref
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,9 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_INSTRUCTIONS", "AgentLoop", "ChatHandler"]
 
+log = logging.getLogger("agent_template.runtime")
+
+HOUSEKEEPING_PERIOD_S = 60.0  # how often a service looks for dead tasks and idle sessions
 DEFAULT_INSTRUCTIONS = "You are a helpful assistant. Use the tools you have when they help."
 
 
@@ -173,6 +178,7 @@ class AgentLoop(_Scheduler):
             bus=self.bus,
         )
         self.agent.compressor = self.compressor
+        self._janitor: asyncio.Task[None] | None = None
         self.metrics = metrics if metrics is not None else default_metrics()
         self.metrics.attach(self.bus)
         gauges = weakref.WeakMethod(self._gauges)  # a finished loop is not kept alive by it
@@ -194,6 +200,32 @@ class AgentLoop(_Scheduler):
             user = "default" if isinstance(spec, Task) else str(spec.get("user_id", "default"))
             await self.sessions.get_or_create(session_id, user)
         return await super().create_task(spec, **kwargs)
+
+    async def start(self) -> None:
+        """Run as a service: also recover tasks of dead processes and, with SESSION_TTL,
+        delete idle sessions, periodically until :meth:`stop`."""
+        await super().start()
+        if self._janitor is None:
+            self._janitor = asyncio.create_task(self._housekeeping(), name="session housekeeping")
+
+    async def stop(self, deadline: float = 10.0) -> None:
+        if self._janitor is not None:
+            self._janitor.cancel()
+            await asyncio.gather(self._janitor, return_exceptions=True)
+            self._janitor = None
+        await super().stop(deadline)
+
+    async def _housekeeping(self) -> None:
+        ttl = self.settings.session_ttl
+        period = min(ttl / 4, HOUSEKEEPING_PERIOD_S) if ttl else HOUSEKEEPING_PERIOD_S
+        while True:
+            try:
+                await self.sessions.recover()
+                if ttl:
+                    await self.sessions.cleanup_idle(ttl)
+            except Exception:  # storage trouble now must not end housekeeping for good
+                log.exception("session housekeeping failed; retrying in %.0fs", period)
+            await asyncio.sleep(period)
 
     def _gauges(self) -> dict[str, float]:
         """Values read when metrics are collected: queue depths and provider failovers."""

@@ -334,12 +334,12 @@ class AgentLoop:
     # ------------------------------------------------------------------ service
 
     async def start(self) -> None:
-        """Accept tasks (they run as soon as they are created)."""
+        """Run as a service: accept tasks (they run as soon as they are created)."""
         self._accepting = True
 
     async def run(self) -> None:
         """Run until every queued and running task has finished, then return."""
-        await self.start()
+        self._accepting = True
         while self._running or self.pending_count:
             self._idle = asyncio.Event()
             self._dispatch()
