@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import re
+from typing import Any
 
 import pytest
 
@@ -351,3 +352,23 @@ def test_default_metrics_is_one_lazy_instance() -> None:
         assert default_metrics() is replacement
     finally:
         set_default_metrics(None)
+
+
+async def test_agent_loop_reports_tasks_tokens_and_queue_figures(tmp_path: Any) -> None:
+    from agent_template import AgentLoop
+    from agent_template.config import Settings
+    from agent_template.core.events import InProcessEventBus
+    from agent_template.services.providers.offline import TestProvider
+
+    settings = Settings(_env_file=None, database_url=f"sqlite:///{tmp_path / 'm.db'}")  # type: ignore[call-arg]
+    metrics = Metrics()
+    loop = AgentLoop(settings, model=TestProvider(), bus=InProcessEventBus(), metrics=metrics)
+    for _ in range(3):
+        await loop.create_task({"message": "hello"})
+    await loop.run()
+    snap = metrics.snapshot()
+    assert metrics.get("tasks_total", state="completed") == 3
+    assert metrics.get("tokens_total", provider="test", direction="output")
+    assert snap["collected"]["tasks_pending"] == 0
+    assert snap["collected"]["stream_chunks_dropped_total"] == 0
+    assert "agent_template_model_latency_seconds_bucket" in metrics.render_prometheus()

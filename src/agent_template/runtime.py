@@ -232,6 +232,8 @@ class AgentLoop(_Scheduler):
         values: dict[str, float] = {
             "tasks_pending": self.pending_count,
             "tasks_running": self.running_count,
+            "stream_chunks_dropped_total": self.chunks_dropped,
+            "events_published_total": getattr(self.bus, "published", 0),
         }
         model = self.agent.model
         failovers = getattr(model, "failovers", None)

@@ -106,6 +106,7 @@ class AgentLoop:
         self._accepting = True
         self._idle: asyncio.Event | None = None
         self.peak_running = 0
+        self.chunks_dropped = 0  # by finished tasks' streams, for slow consumers
         self.task_store = task_store
         self.lease_s = lease_s
         self._renewer: asyncio.Task[None] | None = None
@@ -281,6 +282,7 @@ class AgentLoop:
         task.finished_at = time.time()
         await self._changed(task, state)
         task.stream.close()
+        self.chunks_dropped += task.stream.dropped
         self._finished.append(task.task_id)
         while len(self._finished) > FINISHED_KEPT:
             self._tasks.pop(self._finished.popleft(), None)

@@ -120,6 +120,7 @@ class StreamConsumer:
             self.lagging = True
         elif self.policy == "drop":
             self.dropped += 1
+            self._stream.dropped += 1
             if self._gap_from is None:
                 self._gap_from = chunk.seq
             self.cursor = chunk.seq + 1
@@ -157,6 +158,7 @@ class StreamConsumer:
                     text = "".join(c.event.text for c in log[i:j])  # type: ignore[attr-defined]
                     chunk = Chunk(stream.stream_id, chunk.seq, TextDelta(text=text), log[j - 1].seq)
                     self.coalesced += j - i - 1
+                    stream.coalesced += j - i - 1
                 queue.put_nowait(chunk)
                 room -= 1
                 i = j
@@ -215,6 +217,8 @@ class ChunkStream:
         self.base_seq = 1  # number of the oldest retained chunk
         self.closed = False
         self.closed_at: float | None = None
+        self.dropped = 0  # chunks dropped for slow consumers (policy "drop"), all consumers
+        self.coalesced = 0  # text deltas merged for consumers catching up
         self._log: list[Chunk] = []
         self._consumers: list[StreamConsumer] = []
         self._closed_event: asyncio.Event | None = None
@@ -285,8 +289,8 @@ class ChunkStream:
             "retained": len(self._log),
             "consumers": len(self._consumers),
             "closed": self.closed,
-            "dropped": sum(c.dropped for c in self._consumers),
-            "coalesced": sum(c.coalesced for c in self._consumers),
+            "dropped": self.dropped,
+            "coalesced": self.coalesced,
         }
 
 
