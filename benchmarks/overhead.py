@@ -7,7 +7,8 @@ Workloads:
            StreamGenerator to one counting consumer: microseconds per delta (median of 5),
            beside a bare async generator of the same strings (the floor).
   concurrent  1,000 concurrent `run` workloads whose model waits 50 ms per call, through
-           AgentLoop with the limit at 1,000: wall seconds and peak RSS growth in MB.
+           AgentLoop with the limit at 1,000: wall seconds and peak RSS growth in MB, with the
+           collector settings the CLI and server use (and, for comparison, Python's defaults).
   fanout   one stream to 100 consumers, one of them stalled: deltas per second delivered to
            the other 99, beside the same 99 without a stalled one.
   import   cold `import agent_template` and `agent-template --help` (median of 7 processes).
@@ -177,8 +178,18 @@ def bench_stream() -> tuple[float, float]:
     return asyncio.run(main())
 
 
-def bench_concurrent(n: int = 1000) -> tuple[float, float]:
+def bench_concurrent(n: int = 1000, *, service_gc: bool = True) -> tuple[float, float]:
+    """Wall seconds and peak RSS growth; with the collector settings the CLI and server use."""
+    import gc
     import resource
+
+    from agent_template.utils.gc_tuning import tune_gc
+
+    saved = gc.get_threshold()
+    if service_gc:
+        tune_gc()
+    else:
+        gc.unfreeze()
 
     async def main() -> float:
         loop = AgentLoop(
@@ -196,7 +207,11 @@ def bench_concurrent(n: int = 1000) -> tuple[float, float]:
         return elapsed
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    wall = asyncio.run(main())
+    try:
+        wall = asyncio.run(main())
+    finally:
+        gc.set_threshold(*saved)
+        gc.unfreeze()
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return wall, (after - before) / 1024
 
@@ -260,8 +275,15 @@ def main() -> None:
     )
     delta, floor = bench_stream()
     emit(workload="stream", delta_us=round(delta, 3), floor_delta_us=round(floor, 3), deltas=DELTAS)
-    wall, rss = bench_concurrent()
-    emit(workload="concurrent", conc_wall_s=round(wall, 3), conc_rss_mb=round(rss, 1), runs=1000)
+    wall, rss = bench_concurrent()  # first: peak RSS growth is measured from here
+    default_wall, _ = bench_concurrent(service_gc=False)
+    emit(
+        workload="concurrent",
+        conc_wall_s=round(wall, 3),
+        conc_rss_mb=round(rss, 1),
+        conc_wall_default_gc_s=round(default_wall, 3),
+        runs=1000,
+    )
     stalled, free = bench_fanout()
     emit(
         workload="fanout",

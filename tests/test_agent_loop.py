@@ -12,7 +12,7 @@ from agent_template import AgentLoop, SessionManager, StreamGenerator
 from agent_template.config import Settings
 from agent_template.core.agent_loop import AgentLoop as Scheduler
 from agent_template.core.events import InProcessEventBus
-from agent_template.errors import ConfigurationError, TaskNotFoundError
+from agent_template.errors import ConfigurationError, StreamNotFoundError, TaskNotFoundError
 from agent_template.models import (
     AssistantMessage,
     DoneEvent,
@@ -255,3 +255,17 @@ async def test_many_concurrent_chats_respect_the_limit() -> None:
     await loop.run()
     assert loop.peak_running == 10
     assert all(t.result == "x" for t in tasks)
+
+
+async def test_old_finished_streams_are_released(monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent_template.core.agent_loop as module
+
+    monkeypatch.setattr(module, "STREAMS_KEPT", 3)
+    loop = Scheduler(handlers={"job": _instant}, bus=InProcessEventBus())
+    tasks = [await loop.create_task({"type": "job", "name": str(i)}) for i in range(5)]
+    await loop.run()
+    assert [t.stream is None for t in tasks] == [True, True, False, False, False]
+    assert loop.get_task(tasks[0].task_id).state is TaskState.COMPLETED  # the task itself stays
+    assert (await loop.wait(tasks[0].task_id)).result == "ok"
+    with pytest.raises(StreamNotFoundError):
+        StreamGenerator().process_stream("late", tasks[0])

@@ -49,9 +49,11 @@ def _settings() -> Settings:
     except ConfigurationError as exc:
         _err(str(exc))
         raise typer.Exit(_EXIT_CONFIG) from None
+    from agent_template.utils.gc_tuning import tune_gc
     from agent_template.utils.logging_setup import configure_logging
 
     configure_logging(settings.log_level, settings.log_format, settings.log_file)
+    tune_gc()
     return settings
 
 

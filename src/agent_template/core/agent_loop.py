@@ -58,6 +58,8 @@ DEFAULT_AGING_S = 10.0  # a waiting task gains one priority level per this many 
 DEFAULT_LEASE_S = 15.0  # a crashed process's running tasks are known dead this long after
 DEFAULT_SHUTDOWN_S = 10.0
 FINISHED_KEPT = 10_000  # finished tasks kept for get/list before the oldest are forgotten
+STREAMS_KEPT = 1_000  # finished tasks whose chunks stay resumable, newest first
+STREAM_LINGER_S = 300.0  # and for at most this long after the task finished
 _YIELD_EVERY = 64  # events between forced yields, so a fast producer cannot starve readers
 
 
@@ -101,6 +103,7 @@ class AgentLoop:
         self._handlers: dict[str, TaskHandler] = dict(handlers or {})
         self._tasks: dict[str, Task] = {}
         self._finished: deque[str] = deque()
+        self._kept_streams: deque[Task] = deque()
         self._pending: dict[int, deque[Task]] = {int(p): deque() for p in TaskPriority}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._accepting = True
@@ -196,7 +199,7 @@ class AgentLoop:
     async def wait(self, task_id: str) -> Task:
         """Wait until the task reaches a final state (wrap in ``asyncio.timeout`` to bound it)."""
         task = self.get_task(task_id)
-        if not task.done:
+        if not task.done and task.stream is not None:
             await task.stream.wait_closed()
         return task
 
@@ -286,6 +289,18 @@ class AgentLoop:
         self._finished.append(task.task_id)
         while len(self._finished) > FINISHED_KEPT:
             self._tasks.pop(self._finished.popleft(), None)
+        self._release_streams(task)
+
+    def _release_streams(self, finished: Task) -> None:
+        """Let go of old finished tasks' chunks: memory stays bounded however long we run.
+
+        Readers already attached keep their stream; only new joins are refused then.
+        """
+        kept = self._kept_streams
+        kept.append(finished)
+        cutoff = time.time() - STREAM_LINGER_S
+        while kept and (len(kept) > STREAMS_KEPT or (kept[0].finished_at or 0) < cutoff):
+            kept.popleft()._stream = None
 
     async def _changed(self, task: Task, state: TaskState | None) -> None:
         previous = None

@@ -193,6 +193,13 @@ class EventBus(ABC):
         self.delivered = 0
         self.listener_errors = 0
 
+    def wants(self, event_type: str) -> bool:
+        """Whether anyone would receive an event of this type (publishers may skip building it).
+
+        Buses that cannot tell (one spanning processes) answer True.
+        """
+        return True
+
     @abstractmethod
     def publish(self, event: BusEventBase) -> None:
         """Send ``event`` to every matching listener and subscription.
@@ -281,6 +288,14 @@ class InProcessEventBus(EventBus):
     def subscription_count(self) -> int:
         """Open subscriptions."""
         return len(self._subscriptions)
+
+    def wants(self, event_type: str) -> bool:
+        return bool(
+            self._listeners_any
+            or self._subs_any
+            or self._listeners_by_type.get(event_type)
+            or self._subs_by_type.get(event_type)
+        )
 
     def publish(self, event: BusEventBase) -> None:
         """Send ``event`` to matching listeners and subscriptions; see :meth:`EventBus.publish`."""

@@ -246,6 +246,7 @@ async def run_events(
         hooks = None
     execute = _executor(tools, config, hook_ctx) if tools is not None else None
     sid, tid = config.session_id, config.task_id
+    announce_calls = bus is not None and bus.wants("model_call_started")
     persist = config.on_messages is not None
     if persist:
         await _persist(state, config)  # the user message, before anyone hears of the run
@@ -261,9 +262,9 @@ async def run_events(
             request = await config.prepare_request(request)
         if hooks is not None and hook_ctx is not None:
             request = await hooks.before_model_call(request, hook_ctx)
-        if bus is not None:
-            bus.publish(ModelCallStarted(session_id=sid, task_id=tid, turn=turn))
-            t_model = time.perf_counter()
+        if announce_calls:
+            bus.publish(ModelCallStarted(session_id=sid, task_id=tid, turn=turn))  # type: ignore[union-attr]
+        t_model = time.perf_counter()
         text: list[str] = []
         usage = Usage()
         finished: ResponseFinished | None = None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent_template.models import (
@@ -253,7 +253,9 @@ class ContextCompressor:
             return request
         if self.announce_usage:
             messages, raw = self._with_usage_line(messages, raw)
-        prepared = replace(request, messages=messages)
+        prepared = ModelRequest(
+            messages, request.tools, request.model, request.temperature, request.max_tokens
+        )
         if len(self._sent) >= _MAX_SENT:
             del self._sent[next(iter(self._sent))]
         self._sent[id(prepared)] = (prepared, raw)
@@ -269,7 +271,7 @@ class ContextCompressor:
         out = list(messages)
         first = out[0] if out else None
         if isinstance(first, SystemMessage):
-            out[0] = first.model_copy(update={"content": first.content + line})
+            out[0] = SystemMessage(content=first.content + line)
         else:
             out.insert(0, SystemMessage(content=line.lstrip()))
             raw += MESSAGE_OVERHEAD
