@@ -166,7 +166,12 @@ async def _stream_run(
 
         sessions = SessionManager(store=MemorySessionStore())
     loop = AgentLoop(
-        settings, model=manager, tools=tools, instructions=instructions, session_manager=sessions
+        settings,
+        model=manager,
+        tools=tools,
+        instructions=instructions,
+        session_manager=sessions,
+        todo_tools=session_id is not None,  # a plan needs a session to live in
     )
     if max_turns:
         loop.agent.max_turns = max_turns
