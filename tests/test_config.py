@@ -69,3 +69,16 @@ def test_missing_key_is_a_clear_error() -> None:
         build_chain(s, provider="openai")
     with pytest.raises(ConfigurationError, match="LOCAL_BASE_URL"):
         build_chain(s, provider="local")
+
+
+def test_every_setting_is_in_the_env_template() -> None:
+    import re
+    from importlib import resources
+
+    text = resources.files("agent_template").joinpath("env.example").read_text()
+    named = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, re.MULTILINE))
+    fields = {name.upper() for name in Settings.model_fields}
+    assert fields - named == set(), "document these in env.example"
+    assert named - fields == set(), "env.example names settings that do not exist"
+    template_env = dict(re.findall(r"^([A-Z_]+)=(.*)$", text, re.MULTILINE))
+    load_settings(**{k.lower(): v for k, v in template_env.items() if v})  # valid as written
