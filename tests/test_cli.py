@@ -40,6 +40,7 @@ def test_run_without_a_provider_uses_the_offline_model() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "offline test model" in proc.stderr  # says so plainly
     assert "You said: 'hello'" in proc.stdout
+    assert "output tokens, 1 model call]" in proc.stderr
 
 
 def test_run_with_tools_module_offline(tmp_path: Path) -> None:

@@ -239,6 +239,17 @@ class _Printer:
             self._break_line()
             _err(_style(f"Error: {event.message}", fg="red"))
             self.error_shown = True
+        elif kind == "done":
+            self._break_line()
+            u = event.usage
+            calls = "call" if u.requests == 1 else "calls"
+            _err(
+                _style(
+                    f"[{u.input_tokens} input + {u.output_tokens} output tokens, "
+                    f"{u.requests} model {calls}]",
+                    dim=True,
+                )
+            )
 
     def compacted(self, event: Any) -> None:
         """Say when the context was compacted, with the token counts."""
