@@ -14,6 +14,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from agent_template.cli_output import Printer as _Printer
+from agent_template.cli_output import clip as _clip
+from agent_template.cli_output import err as _err
+from agent_template.cli_output import style as _style
+
 if TYPE_CHECKING:
     from agent_template.config import Settings
     from agent_template.services.model_provider import ModelManager
@@ -30,14 +35,6 @@ app = typer.Typer(
 _EXIT_CONFIG = 2
 _EXIT_FAILED = 1
 _EXIT_INTERRUPTED = 130
-
-
-def _err(message: str) -> None:
-    typer.echo(message, err=True)
-
-
-def _style(text: str, **kwargs: Any) -> str:
-    return typer.style(text, **kwargs) if sys.stderr.isatty() else text
 
 
 def _settings() -> Settings:
@@ -208,78 +205,6 @@ async def _shutdown(loop: Any, manager: ModelManager) -> None:
     await loop.stop(deadline=5)
     await loop.sessions.close()
     await manager.aclose()
-
-
-class _Printer:
-    """Renders run events: text on stdout, tool calls and errors on stderr."""
-
-    def __init__(self, json_events: bool) -> None:
-        self.json_events = json_events
-        self.at_line_start = True
-        self.error_shown = False
-
-    def show(self, event: Any) -> None:
-        out = sys.stdout
-        if self.json_events:
-            out.write(event.model_dump_json() + "\n")
-            out.flush()
-            return
-        kind = event.type
-        if kind == "text_delta":
-            out.write(event.text)
-            out.flush()
-            self.at_line_start = event.text.endswith("\n")
-        elif kind == "tool_call_finished":
-            self._break_line()
-            _err(_style(f"-> {event.call.name}({event.call.arguments})", fg="cyan"))
-        elif kind == "tool_result":
-            mark = "error" if event.is_error else "result"
-            _err(_style(f"<- {event.name} {mark}: {_clip(event.content)}", fg="cyan"))
-        elif kind == "error":
-            self._break_line()
-            _err(_style(f"Error: {event.message}", fg="red"))
-            self.error_shown = True
-        elif kind == "done":
-            self._break_line()
-            u = event.usage
-            calls = "call" if u.requests == 1 else "calls"
-            _err(
-                _style(
-                    f"[{u.input_tokens} input + {u.output_tokens} output tokens, "
-                    f"{u.requests} model {calls}]",
-                    dim=True,
-                )
-            )
-
-    def compacted(self, event: Any) -> None:
-        """Say when the context was compacted, with the token counts."""
-        if self.json_events:
-            sys.stdout.write(event.model_dump_json() + "\n")
-            return
-        self._break_line()
-        kind = "manual compaction" if event.manual else "context compacted"
-        _err(
-            _style(
-                f"[{kind}: about {event.tokens_before} -> {event.tokens_after} tokens "
-                f"({event.strategy}); limit {event.limit}]",
-                dim=True,
-            )
-        )
-
-    def _break_line(self) -> None:
-        if not self.at_line_start:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-            self.at_line_start = True
-
-    def finish(self) -> None:
-        if not self.json_events:
-            self._break_line()
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    text = text.replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @app.command("test-model")

@@ -1,4 +1,4 @@
-"""The parts of context compression: token counting, conversation structure, built-in strategies.
+"""The parts of context compression: token counting, conversation structure, results.
 
 The public face is :mod:`agent_template.services.compressor`; this module holds what it is made of.
 A conversation is read as *units* that are never split: an assistant message with tool calls
@@ -7,23 +7,19 @@ together with the tool results that answer them, or any other single message.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import itertools
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, assert_never, runtime_checkable
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from agent_template.models import (
     AssistantMessage,
     Message,
-    ModelRequest,
-    ResponseFinished,
     SystemMessage,
-    TextDelta,
     ToolDefinition,
     ToolResultMessage,
     UserMessage,
@@ -43,19 +39,6 @@ _CACHE_SIZE = 8192  # messages whose estimate is remembered; a long session reus
 
 SUMMARY_PREFIX = (
     "Summary of the earlier conversation (older messages were condensed to save context):\n"
-)
-SUMMARY_MAX_TOKENS = 1024  # longer summaries defeat their purpose
-SUMMARY_MIN_TOKENS = 32  # with less room than this a summary says nothing useful; truncate instead
-SUMMARY_TIMEOUT_S = 120.0  # a summary is one model answer; a hung provider must not hang the run
-_LINE_CHARS = 2000  # per transcript line, so one huge tool output cannot crowd out the rest
-_MIN_LINE_CHARS = 120  # lines are shortened down to this before the oldest are left out
-_SUMMARY_INSTRUCTIONS = (
-    "You condense conversations between a user and an AI assistant that uses tools. Summarise "
-    "the transcript you are given so the assistant can carry on without it. Keep the user's "
-    "goals, instructions and preferences, decisions made, facts learned, the results of tool "
-    "calls (names, key values, file names, errors) and any open tasks. Write short plain "
-    "sentences or bullet points, at most about {words} words, and add nothing that is not in "
-    "the transcript."
 )
 
 
@@ -259,213 +242,62 @@ def is_summary(message: Message) -> bool:
     return isinstance(message, UserMessage) and message.content.startswith(SUMMARY_PREFIX)
 
 
-# --------------------------------------------------------------------------- strategies
+# --------------------------------------------------------------------------- results and state
 
 
 @dataclass(slots=True)
-class CompactionContext:
-    """What a strategy may use, and where it reports what it did.
+class CompactionState:
+    """A session's standing summary: it replaces the first ``covered`` history messages.
 
-    Attributes:
-        counter: Token estimates (raw, and :meth:`tokens` for calibrated ones).
-        model: The model for summaries (``async stream(ModelRequest)``), or None.
-        limit: The token budget of the whole request; a summary request must fit it too.
-        original: The compressible messages as they were before any strategy ran.
-        session_id: The session being compacted, if any.
-        manual: Whether the compaction was asked for explicitly.
-        summary: Set by a strategy that wrote a summary (the compressor remembers it).
-        summarized: Messages folded into a summary.
-        dropped: Messages removed outright.
-        cleared: Tool outputs replaced by a placeholder.
+    ``covered`` counts messages after the instructions; ``anchor`` fingerprints the first and
+    the last of them, so a different or rewound history is recognised and not given the summary.
     """
 
-    counter: TokenCounter
-    model: Any
+    summary: str
+    covered: int
+    anchor: str
+    message: UserMessage = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.message = summary_message(self.summary)  # one object, so its estimate stays cached
+
+    def matches(self, body: Sequence[Message]) -> bool:
+        """Whether ``body`` (the history after the instructions) still starts as summarised."""
+        covered = self.covered
+        if not 0 < covered <= len(body) or anchor(body, covered) != self.anchor:
+            return False
+        return covered == len(body) or not isinstance(body[covered], ToolResultMessage)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": self.summary, "covered": self.covered, "anchor": self.anchor}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CompactionState:
+        return cls(str(data["summary"]), int(data["covered"]), str(data["anchor"]))
+
+
+@dataclass(slots=True)
+class CompactionResult:
+    """What one compaction did. ``messages`` is the compacted conversation (a new list)."""
+
+    messages: list[Message]
+    tokens_before: int
+    tokens_after: int
     limit: int
-    original: list[Message]
-    session_id: str | None = None
+    strategy: str
+    summarized_messages: int = 0
+    dropped_messages: int = 0
+    cleared_outputs: int = 0
     manual: bool = False
     summary: str | None = None
-    summarized: int = 0
-    dropped: int = 0
-    cleared: int = 0
+    errors: list[str] = field(default_factory=list)
 
-    def tokens(self, messages: Sequence[Message]) -> int:
-        """Calibrated estimate of ``messages``."""
-        return self.counter.calibrated(self.counter.messages(messages))
+    @property
+    def fits(self) -> bool:
+        return self.tokens_after <= self.limit
 
 
-@runtime_checkable
-class CompressionStrategy(Protocol):
-    """One way of making old messages smaller; plug your own into the compressor.
-
-    ``apply`` gets the compressible (old) messages, the calibrated token budget they must fit
-    and the :class:`CompactionContext`; it returns the replacement list, without changing the
-    messages it was given. Broken tool-call pairs in the result are removed by the compressor.
-    """
-
-    name: str
-
-    async def apply(
-        self, messages: Sequence[Message], budget: int, ctx: CompactionContext
-    ) -> list[Message]: ...
-
-
-class DropToolOutputs:
-    """Replaces the content of old tool results with a note of their size; calls stay paired."""
-
-    name = "drop_tool_outputs"
-
-    async def apply(
-        self, messages: Sequence[Message], budget: int, ctx: CompactionContext
-    ) -> list[Message]:
-        out: list[Message] = []
-        for message in messages:
-            if isinstance(message, ToolResultMessage):
-                size = ctx.counter.calibrated(estimate_tokens(message.content))
-                note = f"[tool output removed to save context: {size} tokens]"
-                if len(note) < len(message.content):
-                    message = message.model_copy(update={"content": note})
-                    ctx.cleared += 1
-            out.append(message)
-        return out
-
-
-class Truncate:
-    """Drops the oldest units until the messages fit the budget."""
-
-    name = "truncate"
-
-    async def apply(
-        self, messages: Sequence[Message], budget: int, ctx: CompactionContext
-    ) -> list[Message]:
-        counter = ctx.counter
-        raw = counter.messages(messages)
-        starts = [*unit_starts(messages), len(messages)]
-        cut = 0
-        for start, end in itertools.pairwise(starts):
-            if counter.calibrated(raw) <= budget:
-                break
-            raw -= counter.messages(messages[start:end])
-            cut = end
-        ctx.dropped += cut
-        return list(messages[cut:])
-
-
-class Summarize:
-    """Asks the model to summarise the old messages into one marked user message.
-
-    It summarises ``ctx.original``, so tool outputs that an earlier strategy removed still
-    inform the summary. Without a model, or without room for a useful summary, it changes
-    nothing; an error of the model propagates (the compressor then truncates).
-
-    Args:
-        max_tokens: The longest summary to ask for.
-        timeout: Seconds to wait for the summary.
-    """
-
-    name = "summarize"
-
-    def __init__(
-        self, *, max_tokens: int = SUMMARY_MAX_TOKENS, timeout: float = SUMMARY_TIMEOUT_S
-    ) -> None:
-        self.max_tokens = max_tokens
-        self.timeout = timeout
-
-    async def apply(
-        self, messages: Sequence[Message], budget: int, ctx: CompactionContext
-    ) -> list[Message]:
-        source = ctx.original
-        room = budget - ctx.counter.calibrated(MESSAGE_OVERHEAD + estimate_tokens(SUMMARY_PREFIX))
-        room = min(room, self.max_tokens, ctx.limit // 4)  # the rest is the summariser's input
-        if ctx.model is None or not source or room < SUMMARY_MIN_TOKENS:
-            return list(messages)
-        instructions = _SUMMARY_INSTRUCTIONS.format(words=room * 3 // 4)
-        # The summariser's own request must fit the same window as the conversation's.
-        space = ctx.limit - room - ctx.counter.calibrated(estimate_tokens(instructions) + 50)
-        transcript = _transcript(source, max(space, 0) / ctx.counter.ratio)
-        request = ModelRequest(
-            messages=[
-                SystemMessage(content=instructions),
-                UserMessage(content=f"Transcript of the earlier conversation:\n\n{transcript}"),
-            ],
-            max_tokens=room,
-        )
-        async with asyncio.timeout(self.timeout):
-            text = (await _answer_text(ctx.model, request)).strip()
-        if not text:
-            raise ValueError("the model returned an empty summary")
-        allowed_chars = int(room / ctx.counter.ratio) * 4
-        if len(text) > allowed_chars:  # the model ignored max_tokens
-            text = text[: max(allowed_chars - 1, 0)] + "…"
-        ctx.summary = text
-        ctx.summarized += sum(1 for m in source if not is_summary(m))
-        return [summary_message(text)]
-
-
-def _line(message: Message) -> list[str]:
-    match message:
-        case UserMessage() if is_summary(message):
-            lines = [f"Earlier summary: {message.content[len(SUMMARY_PREFIX) :]}"]
-        case UserMessage():
-            lines = [f"User: {message.content}"]
-        case SystemMessage():
-            lines = [f"System: {message.content}"]
-        case AssistantMessage():
-            lines = [f"Assistant: {message.content}"] if message.content else []
-            lines += [f"Assistant called {c.name}({c.arguments})" for c in message.tool_calls]
-        case ToolResultMessage():
-            verb = "failed" if message.is_error else "returned"
-            lines = [f"Tool {message.name} {verb}: {message.content}"]
-        case _:
-            assert_never(message)
-    return [_clip(line, _LINE_CHARS) for line in lines]
-
-
-def _transcript(messages: Sequence[Message], tokens: float) -> str:
-    """A transcript within ``tokens`` (raw): lines are shortened first, then the oldest dropped.
-
-    An earlier summary comes first and keeps at most half of the room.
-    """
-    lines = [line for m in messages for line in _line(m)]
-    first: list[str] = []
-    if lines and messages and is_summary(messages[0]):
-        first = [_clip(lines.pop(0), int(tokens * 2))]  # 4 characters a token: half the room
-        tokens -= estimate_tokens(first[0])
-    cap = _LINE_CHARS
-    while cap > _MIN_LINE_CHARS and sum(estimate_tokens(x) + 1 for x in lines) > tokens:
-        cap //= 2
-        lines = [_clip(line, cap) for line in lines]
-    kept: list[str] = []
-    for line in reversed(lines):
-        cost = estimate_tokens(line) + 1
-        if cost > tokens:
-            break
-        kept.append(line)
-        tokens -= cost
-    kept.reverse()
-    if len(kept) < len(lines):
-        first.append(f"[... {len(lines) - len(kept)} earlier lines omitted ...]")
-    return "\n".join(first + kept)
-
-
-def _clip(line: str, chars: int) -> str:
-    return line if len(line) <= chars else line[: max(chars - 1, 0)] + "…"
-
-
-async def _answer_text(model: Any, request: ModelRequest) -> str:
-    """The text of one answer from anything with ``stream(ModelRequest)``."""
-    parts: list[str] = []
-    final = ""
-    events = model.stream(request)
-    try:
-        async for event in events:
-            if isinstance(event, TextDelta):
-                parts.append(event.text)
-            elif isinstance(event, ResponseFinished):
-                final = event.message.content
-    finally:
-        close = getattr(events, "aclose", None)
-        if close is not None:
-            await close()
-    return "".join(parts) or final
+def anchor(body: Sequence[Message], covered: int) -> str:
+    """Fingerprints of the first and last covered messages: cheap, and enough to tell a history
+    that only grew from one that was replaced, cut at the front or rewound."""
+    return f"{fingerprint(body[0])}:{fingerprint(body[covered - 1])}"

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from agent_template.models import (
@@ -30,26 +29,27 @@ from agent_template.models import (
     ModelRequest,
     SystemMessage,
     ToolDefinition,
-    ToolResultMessage,
     Usage,
-    UserMessage,
 )
 from agent_template.models.bus import ContextCompacted
 from agent_template.services._compaction import (
     MESSAGE_OVERHEAD,
     SUMMARY_PREFIX,
+    CompactionResult,
+    CompactionState,
+    TokenCounter,
+    anchor,
+    leading_system,
+    paired,
+    split,
+    working_set,
+)
+from agent_template.services.compaction_strategies import (
     CompactionContext,
     CompressionStrategy,
     DropToolOutputs,
     Summarize,
-    TokenCounter,
     Truncate,
-    fingerprint,
-    leading_system,
-    paired,
-    split,
-    summary_message,
-    working_set,
 )
 from agent_template.utils.tokens import estimate_tokens
 
@@ -79,58 +79,6 @@ _MAX_SESSIONS = 1024  # sessions whose summary is kept in memory (the least rece
 _MAX_RESULTS = 32  # compactions kept in ``compactions`` for inspection
 _MAX_SENT = 64  # prepared requests remembered until their usage is observed
 STATE_VERSION = 1  # the format of dump_state and load_state
-
-
-@dataclass(slots=True)
-class CompactionState:
-    """A session's standing summary: it replaces the first ``covered`` history messages.
-
-    ``covered`` counts messages after the instructions; ``anchor`` fingerprints the first and
-    the last of them, so a different or rewound history is recognised and not given the summary.
-    """
-
-    summary: str
-    covered: int
-    anchor: str
-    message: UserMessage = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self.message = summary_message(self.summary)  # one object, so its estimate stays cached
-
-    def matches(self, body: Sequence[Message]) -> bool:
-        """Whether ``body`` (the history after the instructions) still starts as summarised."""
-        covered = self.covered
-        if not 0 < covered <= len(body) or _anchor(body, covered) != self.anchor:
-            return False
-        return covered == len(body) or not isinstance(body[covered], ToolResultMessage)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"summary": self.summary, "covered": self.covered, "anchor": self.anchor}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CompactionState:
-        return cls(str(data["summary"]), int(data["covered"]), str(data["anchor"]))
-
-
-@dataclass(slots=True)
-class CompactionResult:
-    """What one compaction did. ``messages`` is the compacted conversation (a new list)."""
-
-    messages: list[Message]
-    tokens_before: int
-    tokens_after: int
-    limit: int
-    strategy: str
-    summarized_messages: int = 0
-    dropped_messages: int = 0
-    cleared_outputs: int = 0
-    manual: bool = False
-    summary: str | None = None
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def fits(self) -> bool:
-        return self.tokens_after <= self.limit
 
 
 class ContextCompressor:
@@ -373,9 +321,7 @@ class ContextCompressor:
             later = [o for o in origin[tail_start:] if o >= base]
             covered = later[0] if later else len(body)
             if covered > 0:
-                self._remember(
-                    session_id, CompactionState(summary, covered, _anchor(body, covered))
-                )
+                self._remember(session_id, CompactionState(summary, covered, anchor(body, covered)))
         result = CompactionResult(
             messages=final,
             tokens_before=before,
@@ -457,9 +403,3 @@ class ContextCompressor:
             "sessions": len(self._states),
             "limit": self.limit,
         }
-
-
-def _anchor(body: Sequence[Message], covered: int) -> str:
-    """Fingerprints of the first and last covered messages: cheap, and enough to tell a history
-    that only grew from one that was replaced, cut at the front or rewound."""
-    return f"{fingerprint(body[0])}:{fingerprint(body[covered - 1])}"

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from agent_template.services.storage.memory import MemorySessionStore
 from agent_template.services.storage.records import MessageRecord, TaskRecord, TodoRecord
 
 if TYPE_CHECKING:
     from agent_template.services.storage.sql import SQLStore, async_url
 
-__all__ = ["MessageRecord", "SQLStore", "TaskRecord", "TodoRecord", "async_url"]
+__all__ = [
+    "MemorySessionStore",
+    "MessageRecord",
+    "SQLStore",
+    "TaskRecord",
+    "TodoRecord",
+    "async_url",
+]
 
 
 def __getattr__(name: str) -> Any:

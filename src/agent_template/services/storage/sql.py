@@ -6,68 +6,28 @@ returns, so whatever a caller acknowledges afterwards survives a crash of the pr
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import socket
 import time
-import uuid
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, delete, func, insert, select, update
 
-from agent_template.errors import ConfigurationError
 from agent_template.models import AssistantMessage, Message, Session, Task
 from agent_template.services.storage import schema as s
 from agent_template.services.storage.codec import COMPRESS_ABOVE_BYTES, decode, encode
+from agent_template.services.storage.engine import (
+    async_url,
+    create_engine,
+    owner_is_dead,
+    process_owner,
+)
 from agent_template.services.storage.records import MessageRecord, TaskRecord, TodoRecord
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = ["MessageRecord", "SQLStore", "TaskRecord", "TodoRecord", "async_url"]
-
-
-def async_url(url: str) -> str:
-    """The SQLAlchemy async URL for a ``DATABASE_URL`` (``sqlite:///`` or ``postgresql://``)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise ConfigurationError(
-            f"DATABASE_URL {url!r} is not a URL; use sqlite:///./data/agent_template.db "
-            "or postgresql+asyncpg://user@host/db."
-        )
-    base = scheme.split("+")[0]
-    if base == "sqlite":
-        return f"sqlite+aiosqlite://{rest}"
-    if base in ("postgresql", "postgres"):
-        return f"postgresql+asyncpg://{rest}"
-    raise ConfigurationError(
-        f"DATABASE_URL scheme {scheme!r} is not supported; use sqlite:/// or postgresql+asyncpg://."
-    )
-
-
-def process_owner() -> str:
-    """This process's lease-owner name: host, pid and a nonce against pid reuse."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _owner_is_dead(owner: str | None) -> bool:
-    """True only when the owner is a process on this host that no longer exists."""
-    if not owner:
-        return False
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 class SQLStore:
@@ -105,28 +65,7 @@ class SQLStore:
     async def open(self) -> AsyncEngine:
         if self._engine is not None:
             return self._engine
-        from sqlalchemy import event
-        from sqlalchemy.ext.asyncio import create_async_engine
-
-        kwargs: dict[str, Any] = {"connect_args": dict(self._connect_args)}
-        if self.dialect == "sqlite":
-            path = self.url.partition(":///")[2]
-            if path and path != ":memory:":
-                await asyncio.to_thread(_make_parent, path)
-            kwargs["connect_args"].setdefault("timeout", 30)
-        engine = create_async_engine(self.url, **kwargs)
-        if self.dialect == "sqlite":
-
-            @event.listens_for(engine.sync_engine, "connect")
-            def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-                cursor = dbapi_connection.cursor()
-                cursor.execute("PRAGMA foreign_keys=ON")
-                cursor.execute("PRAGMA journal_mode=WAL")
-                # NORMAL in WAL mode keeps every commit across a crash of the process.
-                cursor.execute("PRAGMA synchronous=NORMAL")
-                cursor.execute("PRAGMA busy_timeout=30000")
-                cursor.close()
-
+        engine = await create_engine(self.url, self._connect_args)
         if self._migrate:
             from agent_template.services.storage.migrate import upgrade
 
@@ -422,7 +361,7 @@ class SQLStore:
                 task_id
                 for task_id, owner, expires in rows
                 if owner != self.owner
-                and ((expires is not None and expires < now) or _owner_is_dead(owner))
+                and ((expires is not None and expires < now) or owner_is_dead(owner))
             ]
             if not stale:
                 return []
@@ -483,44 +422,18 @@ class SQLStore:
                 .values(compaction=None if state is None else json.dumps(state))
             )
 
+    async def integrity_check(self) -> list[str]:
+        """Problems found in the stored data (empty when consistent)."""
+        from agent_template.services.storage.checks import find_problems
+
+        return await find_problems(await self.open(), self.dialect)
+
     async def load_compaction(self, session_id: str) -> dict[str, Any] | None:
         async with await self._connect() as conn:
             value = await conn.scalar(
                 select(s.sessions.c.compaction).where(s.sessions.c.id == session_id)
             )
         return json.loads(value) if value else None
-
-    async def integrity_check(self) -> list[str]:
-        """Problems found in the stored data (empty when consistent)."""
-        problems: list[str] = []
-        async with await self._connect() as conn:
-            if self.dialect == "sqlite":
-                from sqlalchemy import text
-
-                result = (await conn.execute(text("PRAGMA integrity_check"))).scalar()
-                if result != "ok":
-                    problems.append(f"sqlite integrity_check: {result}")
-            m, ss = s.messages, s.sessions
-            orphans = await conn.scalar(
-                select(func.count())
-                .select_from(m.outerjoin(ss, m.c.session_id == ss.c.id))
-                .where(ss.c.id.is_(None))
-            )
-            if orphans:
-                problems.append(f"{orphans} messages without a session")
-            counts = await conn.execute(
-                select(ss.c.id, ss.c.message_count, func.count(m.c.id), func.max(m.c.seq))
-                .select_from(ss.outerjoin(m, m.c.session_id == ss.c.id))
-                .group_by(ss.c.id, ss.c.message_count)
-            )
-            for sid, count, actual, top in counts:
-                if count != actual or (top or 0) != actual:
-                    problems.append(f"session {sid}: count {count}, rows {actual}, max seq {top}")
-        return problems
-
-
-def _make_parent(path: str) -> None:
-    Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
 def _session(row: Any) -> Session:

@@ -1,0 +1,132 @@
+"""Sessions kept in this process only: for tests, demos and runs that keep nothing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from agent_template.errors import SessionNotFoundError
+from agent_template.models import AssistantMessage, Message, Session, Task
+from agent_template.services.storage.records import MessageRecord, TaskRecord, TodoRecord
+
+__all__ = ["MemorySessionStore"]
+
+
+class MemorySessionStore:
+    """Everything in this process: fast, and gone when it ends."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, Session] = {}
+        self._records: dict[str, list[MessageRecord]] = {}
+        self._tasks: dict[str, TaskRecord] = {}
+        self._todos: dict[str, list[TodoRecord]] = {}
+        self._compaction: dict[str, dict[str, Any] | None] = {}
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def save_session(self, session: Session) -> None:
+        self._sessions[session.session_id] = session.model_copy()
+        self._records.setdefault(session.session_id, [])
+
+    async def load_session(self, session_id: str) -> Session | None:
+        session = self._sessions.get(session_id)
+        return session.model_copy() if session else None
+
+    async def delete_session(self, session_id: str) -> bool:
+        self._records.pop(session_id, None)
+        self._todos.pop(session_id, None)
+        self._tasks = {k: t for k, t in self._tasks.items() if t.session_id != session_id}
+        return self._sessions.pop(session_id, None) is not None
+
+    async def list_sessions(self, user_id: str | None, limit: int, offset: int) -> list[Session]:
+        rows = [s for s in self._sessions.values() if user_id is None or s.user_id == user_id]
+        rows.sort(key=lambda s: s.last_active_at, reverse=True)
+        return [s.model_copy() for s in rows[offset : offset + limit]]
+
+    async def session_ids_idle_since(self, cutoff: float) -> list[str]:
+        return [sid for sid, s in self._sessions.items() if s.last_active_at < cutoff]
+
+    def _touch(self, session_id: str, added: int) -> None:
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise SessionNotFoundError(session_id)
+        session.message_count += added
+        session.updated_at = session.last_active_at = time.time()
+
+    async def append_messages(
+        self, session_id: str, messages: Sequence[Message], *, task_id: str | None = None
+    ) -> list[int]:
+        records = self._records.setdefault(session_id, [])
+        seqs = []
+        rest = list(messages)
+        if task_id and rest and isinstance(rest[0], AssistantMessage):
+            for record in reversed(records):
+                if record.task_id == task_id and record.status == "streaming":
+                    record.message, record.status = rest[0], rest[0].status
+                    seqs.append(record.seq)
+                    rest.pop(0)
+                    break
+        if rest:
+            self._touch(session_id, len(rest))
+        for message in rest:
+            seq = len(records) + 1
+            status = getattr(message, "status", "complete")
+            records.append(MessageRecord(seq, message, status, task_id, time.time(), False))
+            seqs.append(seq)
+        return seqs
+
+    async def checkpoint(self, session_id: str, task_id: str, text: str) -> None:
+        partial = AssistantMessage(content=text, status="streaming")
+        for record in self._records.get(session_id, []):
+            if record.task_id == task_id and record.status == "streaming":
+                record.message = partial
+                return
+        await self.append_messages(session_id, [partial], task_id=task_id)
+
+    async def load_records(
+        self, session_id: str, *, limit: int | None = None, after_seq: int = 0
+    ) -> list[MessageRecord]:
+        rows = [r for r in self._records.get(session_id, []) if r.seq > after_seq]
+        return rows[-limit:] if limit else rows
+
+    async def record_task(self, task: Task, lease_until: float | None) -> None:
+        self._tasks[task.task_id] = TaskRecord(
+            task.task_id,
+            task.session_id,
+            task.type,
+            task.state.value,
+            task.created_at,
+            task.started_at,
+            task.finished_at,
+            task.error,
+            None,
+            lease_until,
+        )
+
+    async def renew_leases(self, task_ids: Iterable[str], until: float) -> None:
+        for task_id in task_ids:
+            if task_id in self._tasks:
+                self._tasks[task_id].lease_expires_at = until
+
+    async def load_tasks(self, session_id: str) -> list[TaskRecord]:
+        return [t for t in self._tasks.values() if t.session_id == session_id]
+
+    async def recover(self, now: float | None = None) -> list[str]:
+        return []  # nothing outlives the process
+
+    async def save_todos(self, session_id: str, items: Sequence[TodoRecord]) -> None:
+        self._todos[session_id] = list(items)
+
+    async def load_todos(self, session_id: str) -> list[TodoRecord]:
+        return list(self._todos.get(session_id, []))
+
+    async def save_compaction(self, session_id: str, state: dict[str, Any] | None) -> None:
+        self._compaction[session_id] = state
+
+    async def load_compaction(self, session_id: str) -> dict[str, Any] | None:
+        return self._compaction.get(session_id)
