@@ -155,3 +155,17 @@ def test_a_long_offline_session_shows_its_compactions(tmp_path: Path) -> None:
     assert "limit 400" in seen[-1]
     history = cli("sessions", "show", "long", env=env, cwd=tmp_path).stdout
     assert history.count(" user\n") == 6  # the stored history is whole
+
+
+def test_database_trouble_is_reported_without_a_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "DATABASE_URL": "postgresql+asyncpg://nobody@127.0.0.1:1/x"}
+    proc = cli("run", "--session", "s", "hi", env=env, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "The database at DATABASE_URL=postgresql+asyncpg://nobody@127.0.0.1:1/x" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    listing = cli("sessions", "list", env=env, cwd=tmp_path)
+    assert listing.returncode == 1
+    assert "is unavailable" in listing.stderr
+    bad = cli("sessions", "list", env={**os.environ, "DATABASE_URL": "mysql://x/y"}, cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "DATABASE_URL: expected sqlite:///" in bad.stderr

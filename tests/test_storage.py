@@ -188,3 +188,30 @@ async def test_todos_and_compaction_state(store: SQLStore) -> None:
     ]
     await store.save_compaction(sid, {"summary": "s", "covers": 10})
     assert await store.load_compaction(sid) == {"summary": "s", "covers": 10}
+
+
+async def test_an_unreachable_database_is_a_clear_error() -> None:
+    from agent_template.errors import StorageUnavailableError
+
+    store = SQLStore("postgresql+asyncpg://ada:secret@127.0.0.1:1/nowhere")
+    with pytest.raises(StorageUnavailableError) as info:
+        await store.load_session("s")
+    message = str(info.value)
+    assert "DATABASE_URL=postgresql+asyncpg://ada:***@127.0.0.1:1/nowhere" in message
+    assert "secret" not in message
+    assert "Check that it is running" in message
+
+
+async def test_an_unknown_postgres_database_is_a_clear_error() -> None:
+    from agent_template.errors import StorageUnavailableError
+    from tests.conftest import DEFAULT_TEST_DATABASE_URL
+
+    base = os.environ.get("TEST_DATABASE_URL", DEFAULT_TEST_DATABASE_URL)
+    url = base.rsplit("/", 1)[0] + "/no_such_database_here"
+    store = SQLStore(url)
+    try:
+        await store.open()
+    except StorageUnavailableError as exc:
+        assert 'database "no_such_database_here" does not exist' in str(exc)
+    else:  # pragma: no cover - only if someone created it
+        pytest.fail("opened a database that should not exist")

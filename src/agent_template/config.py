@@ -32,6 +32,7 @@ _EXPECTED = {
     "CONTEXT_COMPRESSION_THRESHOLD": "a number greater than 0 and at most 1, such as 0.8",
     "LOG_LEVEL": "one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
     "LOG_FORMAT": "json or text",
+    "DATABASE_URL": "sqlite:///path/to/file.db or postgresql+asyncpg://user@host:5432/db",
     "LOAD_BALANCING": "none, round_robin or least_latency",
     "MODEL_TIMEOUT": "a positive number of seconds",
     "TOOL_TIMEOUT": "a positive number of seconds",
@@ -116,6 +117,14 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        scheme = value.partition("://")[0].split("+")[0]
+        if "://" not in value or scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError("unsupported database URL")
+        return value
 
     @field_validator("fallback_providers", mode="before")
     @classmethod

@@ -25,6 +25,7 @@ __all__ = [
     "SessionNotFoundError",
     "SlowConsumerError",
     "StateCacheError",
+    "StorageUnavailableError",
     "StreamError",
     "StreamNotFoundError",
     "TaskNotFoundError",
@@ -324,4 +325,18 @@ class CacheUnavailableError(StateCacheError):
         super().__init__(
             f"State cache unavailable ({where}): {detail}. "
             "Check that the store is up and the setting is right, or use another cache backend."
+        )
+
+
+class StorageUnavailableError(AgentTemplateError):
+    """The database could not be reached or refused the connection."""
+
+    code = "storage_unavailable"
+
+    def __init__(self, url: str, detail: str) -> None:
+        self.url = url
+        self.detail = detail
+        super().__init__(
+            f"The database at DATABASE_URL={url} is unavailable: {detail}. Check that it is "
+            "running and reachable and that the URL (user, host, port, database) is right."
         )

@@ -14,9 +14,52 @@ from agent_template.errors import ConfigurationError
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["async_url", "create_engine", "owner_is_dead", "process_owner"]
+__all__ = [
+    "CONNECT_FAILURES",
+    "UNAVAILABLE",
+    "async_url",
+    "create_engine",
+    "describe",
+    "owner_is_dead",
+    "process_owner",
+    "safe_url",
+]
 
 SQLITE_BUSY_TIMEOUT_S = 30  # writers of other processes wait this long for the lock
+
+
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return (OSError, TimeoutError, OperationalError, InterfaceError)
+
+
+def _connect_failures() -> tuple[type[BaseException], ...]:
+    from sqlalchemy.exc import DBAPIError
+
+    return (OSError, TimeoutError, DBAPIError)
+
+
+# What "the database is not there" looks like, whichever driver says it.
+UNAVAILABLE: tuple[type[BaseException], ...] = _unavailable_errors()
+# While connecting, any driver error means the same (unknown database, user, password).
+CONNECT_FAILURES: tuple[type[BaseException], ...] = _connect_failures()
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    return f"{scheme}{sep}{userinfo}{at}{host}"
+
+
+def describe(exc: BaseException) -> str:
+    """One line about a driver error, without SQLAlchemy's SQL and background links."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    return f"{type(cause).__name__}: {text}"
 
 
 def async_url(url: str) -> str:

@@ -6,21 +6,27 @@ returns, so whatever a caller acknowledges afterwards survives a crash of the pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, delete, func, insert, select, update
 
+from agent_template.errors import StorageUnavailableError
 from agent_template.models import AssistantMessage, Message, Session, Task
 from agent_template.services.storage import schema as s
 from agent_template.services.storage.codec import COMPRESS_ABOVE_BYTES, decode, encode
 from agent_template.services.storage.engine import (
+    CONNECT_FAILURES,
+    UNAVAILABLE,
     async_url,
     create_engine,
+    describe,
     owner_is_dead,
     process_owner,
+    safe_url,
 )
 from agent_template.services.storage.records import MessageRecord, TaskRecord, TodoRecord
 
@@ -63,13 +69,22 @@ class SQLStore:
         return self.url.split("+")[0]
 
     async def open(self) -> AsyncEngine:
+        """Connect lazily and apply the migrations.
+
+        Raises:
+            StorageUnavailableError: when the database cannot be reached.
+        """
         if self._engine is not None:
             return self._engine
         engine = await create_engine(self.url, self._connect_args)
         if self._migrate:
             from agent_template.services.storage.migrate import upgrade
 
-            await upgrade(engine)
+            try:
+                await upgrade(engine)
+            except CONNECT_FAILURES as exc:
+                await engine.dispose()
+                raise StorageUnavailableError(safe_url(self.url), describe(exc)) from exc
         self._engine = engine
         return engine
 
@@ -78,13 +93,30 @@ class SQLStore:
             await self._engine.dispose()
             self._engine = None
 
-    async def _begin(self) -> Any:
-        engine = self._engine or await self.open()
-        return engine.begin()
+    @contextlib.asynccontextmanager
+    async def _tx(self, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A connection (in a transaction committed on exit when ``write``).
 
-    async def _connect(self) -> Any:
+        Raises:
+            StorageUnavailableError: when the database cannot be reached, refuses the
+                connection, or goes away during the call.
+        """
         engine = self._engine or await self.open()
-        return engine.connect()
+        conn = engine.connect()
+        try:
+            await conn.start()
+        except CONNECT_FAILURES as exc:
+            raise StorageUnavailableError(safe_url(self.url), describe(exc)) from exc
+        try:
+            if write:
+                async with conn.begin():
+                    yield conn
+            else:
+                yield conn
+        except UNAVAILABLE as exc:
+            raise StorageUnavailableError(safe_url(self.url), describe(exc)) from exc
+        finally:
+            await conn.close()
 
     # ------------------------------------------------------------------ sessions
 
@@ -98,7 +130,7 @@ class SQLStore:
             "updated_at": session.updated_at,
             "last_active_at": session.last_active_at,
         }
-        async with await self._begin() as conn:
+        async with self._tx(write=True) as conn:
             done = await conn.execute(
                 update(s.sessions).where(s.sessions.c.id == session.session_id).values(**values)
             )
@@ -108,14 +140,14 @@ class SQLStore:
                 )
 
     async def load_session(self, session_id: str) -> Session | None:
-        async with await self._connect() as conn:
+        async with self._tx() as conn:
             row = (
                 await conn.execute(select(s.sessions).where(s.sessions.c.id == session_id))
             ).first()
         return _session(row) if row else None
 
     async def delete_session(self, session_id: str) -> bool:
-        async with await self._begin() as conn:
+        async with self._tx(write=True) as conn:
             # Children first: correct even where the database does not cascade.
             for table in (s.messages, s.todos, s.tasks):
                 await conn.execute(delete(table).where(table.c.session_id == session_id))
@@ -126,12 +158,12 @@ class SQLStore:
         query = select(s.sessions).order_by(s.sessions.c.last_active_at.desc(), s.sessions.c.id)
         if user_id is not None:
             query = query.where(s.sessions.c.user_id == user_id)
-        async with await self._connect() as conn:
+        async with self._tx() as conn:
             rows = (await conn.execute(query.limit(limit).offset(offset))).all()
         return [_session(r) for r in rows]
 
     async def session_ids_idle_since(self, cutoff: float) -> list[str]:
-        async with await self._connect() as conn:
+        async with self._tx() as conn:
             rows = await conn.execute(
                 select(s.sessions.c.id).where(s.sessions.c.last_active_at < cutoff)
             )
@@ -166,7 +198,7 @@ class SQLStore:
             return []
         now = time.time()
         seqs: list[int] = []
-        async with await self._begin() as conn:
+        async with self._tx(write=True) as conn:
             rest = list(messages)
             if task_id is not None and isinstance(rest[0], AssistantMessage):
                 streaming = await self._streaming_row(conn, task_id)
@@ -226,7 +258,7 @@ class SQLStore:
         """Save the text of an answer still streaming (one row per task, rewritten in place)."""
         now = time.time()
         message = AssistantMessage(content=text, status="streaming")
-        async with await self._begin() as conn:
+        async with self._tx(write=True) as conn:
             streaming = await self._streaming_row(conn, task_id)
             if streaming is not None:
                 await self._rewrite(conn, streaming, message, now)
@@ -259,8 +291,8 @@ class SQLStore:
             query = query.order_by(m.c.seq.desc()).limit(limit)
         else:
             query = query.order_by(m.c.seq)
-        async with await self._connect() as conn:
-            rows = (await conn.execute(query)).all()
+        async with self._tx() as conn:
+            rows = list((await conn.execute(query)).all())
         if limit is not None:
             rows.reverse()
         records = []
@@ -275,7 +307,7 @@ class SQLStore:
         return [r.message for r in await self.load_records(session_id, limit=limit)]
 
     async def count_messages(self, session_id: str) -> int:
-        async with await self._connect() as conn:
+        async with self._tx() as conn:
             value = await conn.scalar(
                 select(func.count())
                 .select_from(s.messages)
@@ -301,7 +333,7 @@ class SQLStore:
             "lease_owner": self.owner if lease_until is not None else None,
             "lease_expires_at": lease_until,
         }
-        async with await self._begin() as conn:
+        async with self._tx(write=True) as conn:
             done = await conn.execute(
                 update(s.tasks).where(s.tasks.c.id == task.task_id).values(**values)
             )
@@ -312,7 +344,7 @@ class SQLStore:
         ids = list(task_ids)
         if not ids:
             return
-        async with await self._begin() as conn:
+        async with self._tx(write=True) as conn:
             await conn.execute(
                 update(s.tasks)
                 .where(and_(s.tasks.c.id.in_(ids), s.tasks.c.lease_owner == self.owner))
@@ -321,7 +353,7 @@ class SQLStore:
 
     async def load_tasks(self, session_id: str) -> list[TaskRecord]:
         t = s.tasks
-        async with await self._connect() as conn:
+        async with self._tx() as conn:
             rows = (
                 await conn.execute(
                     select(
@@ -340,7 +372,7 @@ class SQLStore:
                     .order_by(t.c.created_at)
                 )
             ).all()
-        return [TaskRecord(*row) for row in rows]
+        return [TaskRecord(*tuple(row)) for row in rows]
 
     async def recover(self, now: float | None = None) -> list[str]:
         """Mark tasks whose lease expired (or whose local process is gone) ``interrupted``.
@@ -349,7 +381,7 @@ class SQLStore:
         """
         now = time.time() if now is None else now
         t = s.tasks
-        async with await self._begin() as conn:
+        async with self._tx(write=True) as conn:
             rows = (
                 await conn.execute(
                     select(t.c.id, t.c.lease_owner, t.c.lease_expires_at).where(
@@ -387,7 +419,7 @@ class SQLStore:
 
     async def save_todos(self, session_id: str, items: Sequence[TodoRecord]) -> None:
         now = time.time()
-        async with await self._begin() as conn:
+        async with self._tx(write=True) as conn:
             await conn.execute(delete(s.todos).where(s.todos.c.session_id == session_id))
             if items:
                 await conn.execute(
@@ -406,7 +438,7 @@ class SQLStore:
                 )
 
     async def load_todos(self, session_id: str) -> list[TodoRecord]:
-        async with await self._connect() as conn:
+        async with self._tx() as conn:
             rows = await conn.execute(
                 select(s.todos.c.content, s.todos.c.status, s.todos.c.position)
                 .where(s.todos.c.session_id == session_id)
@@ -415,7 +447,7 @@ class SQLStore:
             return [TodoRecord(*row) for row in rows]
 
     async def save_compaction(self, session_id: str, state: dict[str, Any] | None) -> None:
-        async with await self._begin() as conn:
+        async with self._tx(write=True) as conn:
             await conn.execute(
                 update(s.sessions)
                 .where(s.sessions.c.id == session_id)
@@ -429,7 +461,7 @@ class SQLStore:
         return await find_problems(await self.open(), self.dialect)
 
     async def load_compaction(self, session_id: str) -> dict[str, Any] | None:
-        async with await self._connect() as conn:
+        async with self._tx() as conn:
             value = await conn.scalar(
                 select(s.sessions.c.compaction).where(s.sessions.c.id == session_id)
             )
