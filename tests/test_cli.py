@@ -148,3 +148,9 @@ def test_later_entry_points_say_so(script: str) -> None:
     exe = Path(sys.executable).parent / script
     proc = subprocess.run([str(exe)], capture_output=True, text=True, check=False)
     assert "not built yet" in proc.stderr
+
+
+def test_an_empty_prompt_is_refused_plainly() -> None:
+    proc = run_cli("run", "  ")
+    assert proc.returncode == 2
+    assert "The prompt is empty" in proc.stderr

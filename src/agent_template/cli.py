@@ -126,6 +126,9 @@ def run(
     With --session, the conversation is stored in DATABASE_URL and the next run with the
     same session continues it.
     """
+    if not prompt.strip():
+        _err('The prompt is empty. Ask something: agent-template run "What is 2 + 3?"')
+        raise typer.Exit(_EXIT_CONFIG)
     settings = _settings()
     manager = _manager(settings, provider, model)
     tool_list = _load_tools(tools or [])
