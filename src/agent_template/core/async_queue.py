@@ -260,7 +260,9 @@ class AsyncQueue(Generic[T]):
         items = self._items
         if items:
             item = items.popleft()
-            if self._putters or len(items) <= self._low_level:
+            if self._putters or (
+                (self._high_state or self._low_waiters) and len(items) <= self._low_level
+            ):
                 self._after_remove(1)
             else:
                 self.get_count += 1
