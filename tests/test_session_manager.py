@@ -190,3 +190,27 @@ async def test_a_running_service_deletes_idle_sessions(tmp_path: Path) -> None:
     finally:
         await loop.stop()
         await loop.sessions.close()
+
+
+async def test_a_session_longer_than_the_window_reuses_its_summary(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, max_context_length=2400, context_window_messages=60)
+    model = TestProvider()
+    loop = AgentLoop(settings, model=model, bus=InProcessEventBus(), todo_tools=False)
+    turns = 70
+    for turn in range(turns):
+        await loop.create_task(
+            {"message": f"Turn {turn}: " + "more about deltas " * 6, "session_id": "w"}
+        )
+        await loop.run()
+    summaries = [
+        r
+        for r in model.requests
+        if str(getattr(r.messages[-1], "content", "")).startswith("Transcript of the earlier")
+    ]
+    answers = len(model.requests) - len(summaries)
+    assert answers == turns
+    assert 0 < len(summaries) <= turns // 4, "the summary is rebuilt far too often"
+    assert len(await loop.sessions.get_messages("w")) == 2 * turns
+    context = await loop.sessions.get_context("w")
+    assert 60 <= len(context) <= 90  # the recent rows only, however long the session
+    await loop.sessions.close()

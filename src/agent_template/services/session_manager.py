@@ -244,10 +244,18 @@ class SessionManager:
     async def get_context(self, session_id: str) -> list[Message]:
         """The recent messages handed to the model for the next turn.
 
-        Reads only the last ``context_window`` rows; drops answers still streaming elsewhere
-        and tool results whose call fell outside the window, so the history stays valid.
+        Reads only the recent rows, never the whole history: between ``context_window`` and
+        1.5 x ``context_window`` of them. The window's start moves in steps of half a window,
+        not with every message, so a summary of its older part stays valid for many turns.
+        Answers still streaming elsewhere, and tool results whose call fell outside the window,
+        are left out so the history stays valid.
         """
-        records = await (await self._ready()).load_records(session_id, limit=self.context_window)
+        store = await self._ready()
+        window = self.context_window
+        total = (await self.get_session(session_id)).message_count
+        step = max(1, window // 2)
+        start = ((total - window) // step) * step if total > window else 0
+        records = await store.load_records(session_id, after_seq=start)
         messages = [r.message for r in records if r.status != "streaming"]
         return _valid_history(messages)
 
