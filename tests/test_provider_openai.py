@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 
+import openai
 import pytest
 
 from agent_template.errors import (
@@ -416,3 +417,18 @@ def test_statuses_and_stream_error_types_map_to_our_errors(
 def test_other_statuses_are_retryable_only_from_500() -> None:
     assert status_error("openai", 501, "x").retryable
     assert not status_error("openai", 409, "x").retryable
+
+
+async def test_answer_limit_uses_the_name_the_server_knows(wire_server: WireServer) -> None:
+    compatible = OpenAICompatProvider(
+        name="local", api_key="k", base_url=wire_server.openai_base_url, model="m"
+    )
+    wire_server.script(Reply(text="short"))
+    await compatible.complete(ModelRequest(messages=[UserMessage(content="hi")], max_tokens=7))
+    await compatible.aclose()
+    assert wire_server.requests[-1].body["max_tokens"] == 7
+    assert "max_completion_tokens" not in wire_server.requests[-1].body
+    official = OpenAICompatProvider(name="openai", api_key="k", model="m")  # api.openai.com
+    request = ModelRequest(messages=[], max_tokens=9)
+    assert official._limit(request, "max_completion_tokens") == 9
+    assert official._limit(request, "max_tokens") is openai.omit

@@ -109,6 +109,19 @@ class OpenAICompatProvider(ModelProvider):
             base_url_var=spec.base_url_var if spec else None,
         )
 
+    def _limit(self, request: ModelRequest, parameter: str) -> int | openai.Omit:
+        """The answer-length limit if ``parameter`` is the name this server understands.
+
+        OpenAI's own API replaced ``max_tokens`` (which its reasoning models refuse) with
+        ``max_completion_tokens``; compatible servers (vLLM, Ollama, DeepSeek...) know the
+        former.
+        """
+        official = self.name == "openai" and self.base_url is None
+        wanted = "max_completion_tokens" if official else "max_tokens"
+        if request.max_tokens is None or parameter != wanted:
+            return openai.omit
+        return request.max_tokens
+
     def _parser(self, request: ModelRequest) -> TextToolCallParser | None:
         if not (self.text_tool_calls and request.tools):
             return None
@@ -128,7 +141,8 @@ class OpenAICompatProvider(ModelProvider):
                 messages=to_openai_messages(request.messages),
                 tools=to_openai_tools(request.tools) or openai.omit,
                 temperature=openai.omit if request.temperature is None else request.temperature,
-                max_tokens=openai.omit if request.max_tokens is None else request.max_tokens,
+                max_tokens=self._limit(request, "max_tokens"),
+                max_completion_tokens=self._limit(request, "max_completion_tokens"),
                 stream=True,
                 stream_options={"include_usage": True},
             )
@@ -157,7 +171,8 @@ class OpenAICompatProvider(ModelProvider):
                 messages=to_openai_messages(request.messages),
                 tools=to_openai_tools(request.tools) or openai.omit,
                 temperature=openai.omit if request.temperature is None else request.temperature,
-                max_tokens=openai.omit if request.max_tokens is None else request.max_tokens,
+                max_tokens=self._limit(request, "max_tokens"),
+                max_completion_tokens=self._limit(request, "max_completion_tokens"),
             )
         except openai.APIError as exc:
             raise self._error(exc) from exc
