@@ -34,6 +34,30 @@ def cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProce
     )
 
 
+STORY = " ".join(f"word{i}" for i in range(400))
+
+
+def start_story(
+    wire: WireServer, env: dict[str, str], cwd: Path, session: str, *, until: int
+) -> tuple[subprocess.Popen[bytes], bytes]:
+    """Start a run that streams a long story slowly; return once ``until`` bytes arrived."""
+    wire.script(Reply(text=STORY, text_chunk=6, delay=0.02))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "agent_template.cli", "run", "--session", session, "Tell a story"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+    )
+    assert child.stdout is not None
+    streamed = b""
+    deadline = time.monotonic() + 30
+    while len(streamed) < until and time.monotonic() < deadline:
+        streamed += os.read(child.stdout.fileno(), 64)
+    assert streamed, "nothing streamed"
+    return child, streamed
+
+
 def test_two_runs_continue_one_conversation(wire_server: WireServer, tmp_path: Path) -> None:
     env = env_for(wire_server, tmp_path)
     wire_server.script(Reply(text="Nice to meet you, Ada."), Reply(text="Your name is Ada."))
@@ -59,25 +83,11 @@ def test_sigkill_while_streaming_keeps_the_partial_answer(
     env = env_for(wire_server, tmp_path)
     wire_server.script(Reply(text="An earlier answer."))
     assert cli("run", "--session", "k", "Earlier question", env=env, cwd=tmp_path).returncode == 0
-    story = " ".join(f"word{i}" for i in range(400))
-    wire_server.script(Reply(text=story, text_chunk=6, delay=0.02))
-    child = subprocess.Popen(
-        [sys.executable, "-m", "agent_template.cli", "run", "--session", "k", "Tell a story"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert child.stdout is not None
-    streamed = b""
-    deadline = time.monotonic() + 30
-    while len(streamed) < 120 and time.monotonic() < deadline:
-        streamed += os.read(child.stdout.fileno(), 64)
+    child, _ = start_story(wire_server, env, tmp_path, "k", until=120)
     time.sleep(0.5)  # at least two checkpoint intervals after text began to stream
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert child.returncode == -signal.SIGKILL
-    assert streamed, "nothing streamed before the kill"
 
     shown = cli("sessions", "show", "k", env=env, cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
@@ -87,7 +97,7 @@ def test_sigkill_while_streaming_keeps_the_partial_answer(
     assert "Tell a story" in out
     assert "#4 assistant [interrupted]" in out
     partial = out.split("#4 assistant [interrupted]")[1].splitlines()[1].strip()
-    assert partial and story.startswith(partial)
+    assert partial and STORY.startswith(partial)
     assert len(partial) >= 60
     assert "interrupted: The process running this task stopped" in out
 
@@ -108,20 +118,7 @@ def test_ctrl_c_cancels_promptly_and_keeps_the_partial_answer(
     wire_server: WireServer, tmp_path: Path
 ) -> None:
     env = env_for(wire_server, tmp_path)
-    story = " ".join(f"word{i}" for i in range(400))
-    wire_server.script(Reply(text=story, text_chunk=6, delay=0.02))
-    child = subprocess.Popen(
-        [sys.executable, "-m", "agent_template.cli", "run", "--session", "c", "Tell a story"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert child.stdout is not None
-    streamed = b""
-    deadline = time.monotonic() + 30
-    while len(streamed) < 60 and time.monotonic() < deadline:
-        streamed += os.read(child.stdout.fileno(), 64)
+    child, _ = start_story(wire_server, env, tmp_path, "c", until=60)
     sent_at = time.monotonic()
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=15)
@@ -132,7 +129,7 @@ def test_ctrl_c_cancels_promptly_and_keeps_the_partial_answer(
     shown = cli("sessions", "show", "c", env=env, cwd=tmp_path).stdout
     assert "#2 assistant [cancelled]" in shown
     partial = shown.split("#2 assistant [cancelled]")[1].splitlines()[1].strip()
-    assert story.startswith(partial)
+    assert STORY.startswith(partial)
     assert "task " in shown and " cancelled" in shown
 
 
