@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from agent_template import Agent, AgentLoop, StreamGenerator, tool  # noqa: E402
-from agent_template.core.events import InProcessEventBus  # noqa: E402
+from agent_template.core.bus import InProcessEventBus  # noqa: E402
 from agent_template.core.stream_gen import ChunkStream  # noqa: E402
 from agent_template.models import (  # noqa: E402
     AssistantMessage,
@@ -41,7 +41,7 @@ from agent_template.models import (  # noqa: E402
     ResponseFinished,
     TextDelta,
     ToolCall,
-    ToolCallFinished,
+    ToolCallReady,
     ToolCallStarted,
 )
 from agent_template.services.model_provider import ModelProvider  # noqa: E402
@@ -68,7 +68,7 @@ class InstantModel(ModelProvider):
             yield ResponseFinished(finish_reason="stop", message=AssistantMessage(content="5"))
             return
         yield ToolCallStarted(index=0, id=self._call.id, name="add")
-        yield ToolCallFinished(index=0, call=self._call)
+        yield ToolCallReady(index=0, call=self._call)
         yield ResponseFinished(
             finish_reason="tool_calls", message=AssistantMessage(tool_calls=[self._call])
         )

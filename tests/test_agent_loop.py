@@ -10,8 +10,8 @@ import pytest
 
 from agent_template import AgentLoop, SessionManager, StreamGenerator
 from agent_template.config import Settings
-from agent_template.core.agent_loop import AgentLoop as Scheduler
-from agent_template.core.events import InProcessEventBus
+from agent_template.core.bus import InProcessEventBus
+from agent_template.core.scheduler import TaskScheduler as Scheduler
 from agent_template.errors import ConfigurationError, StreamNotFoundError, TaskNotFoundError
 from agent_template.models import (
     AssistantMessage,
@@ -258,7 +258,7 @@ async def test_many_concurrent_chats_respect_the_limit() -> None:
 
 
 async def test_old_finished_streams_are_released(monkeypatch: pytest.MonkeyPatch) -> None:
-    import agent_template.core.agent_loop as module
+    import agent_template.core.scheduler as module
 
     monkeypatch.setattr(module, "STREAMS_KEPT", 3)
     loop = Scheduler(handlers={"job": _instant}, bus=InProcessEventBus())

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from agent_template import Agent, tool
 from agent_template.config import Settings
-from agent_template.core.events import InProcessEventBus
+from agent_template.core.bus import InProcessEventBus
 from agent_template.errors import ConfigurationError, ProviderError
 from agent_template.models import (
     AssistantMessage,
@@ -28,7 +28,7 @@ from agent_template.models import (
     Usage,
     UserMessage,
 )
-from agent_template.models.bus import ContextCompacted
+from agent_template.models.bus_events import ContextCompacted
 from agent_template.services.compressor import CompactionContext, ContextCompressor
 from agent_template.services.providers.offline import TestProvider, TestTurn
 from agent_template.services.providers.openai_compat import OpenAICompatProvider
@@ -567,7 +567,7 @@ async def test_stored_session_is_compacted_on_the_wire_and_kept_whole_in_storage
 ) -> None:
     from agent_template import AgentLoop
     from agent_template.config import Settings
-    from agent_template.core.events import InProcessEventBus
+    from agent_template.core.bus import InProcessEventBus
 
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None,

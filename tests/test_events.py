@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from agent_template.core.events import (
+from agent_template.core.bus import (
     EventBus,
     InProcessEventBus,
     Subscription,
@@ -16,7 +16,7 @@ from agent_template.core.events import (
     set_default_bus,
 )
 from agent_template.errors import QueueClosedError
-from agent_template.models.bus import (
+from agent_template.models.bus_events import (
     BusEventBase,
     ErrorOccurred,
     ModelCallFinished,

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from agent_template.core.events import InProcessEventBus
+from agent_template.core.bus import InProcessEventBus
 from agent_template.core.metrics import Metrics, default_metrics, set_default_metrics
-from agent_template.models.bus import (
+from agent_template.models.bus_events import (
     ErrorOccurred,
     ModelCallFinished,
     SessionChanged,
@@ -357,7 +357,7 @@ def test_default_metrics_is_one_lazy_instance() -> None:
 async def test_agent_loop_reports_tasks_tokens_and_queue_figures(tmp_path: Any) -> None:
     from agent_template import AgentLoop
     from agent_template.config import Settings
-    from agent_template.core.events import InProcessEventBus
+    from agent_template.core.bus import InProcessEventBus
     from agent_template.services.providers.offline import TestProvider
 
     settings = Settings(_env_file=None, database_url=f"sqlite:///{tmp_path / 'm.db'}")  # type: ignore[call-arg]

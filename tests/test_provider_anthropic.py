@@ -28,7 +28,7 @@ from agent_template.models import (
     TextDelta,
     ToolCall,
     ToolCallDelta,
-    ToolCallFinished,
+    ToolCallReady,
     ToolCallStarted,
     ToolDefinition,
     ToolResultMessage,
@@ -114,7 +114,7 @@ async def test_tool_call_input_split_across_many_deltas(
     pieces = [e.arguments_delta for e in events if isinstance(e, ToolCallDelta)]
     assert len(pieces) > 10
     assert json.loads("".join(pieces)) == arguments
-    [done] = [e for e in events if isinstance(e, ToolCallFinished)]
+    [done] = [e for e in events if isinstance(e, ToolCallReady)]
     assert done.call.id == started.id and json.loads(done.call.arguments) == arguments
     end = finished(events)
     assert end.finish_reason == "tool_calls"
@@ -138,7 +138,7 @@ async def test_two_tool_calls_in_one_turn(
     events = await drain(provider.stream(ask(tools=[WEATHER])))
 
     assert [e.index for e in events if isinstance(e, ToolCallStarted)] == [0, 1]
-    finishes = [e for e in events if isinstance(e, ToolCallFinished)]
+    finishes = [e for e in events if isinstance(e, ToolCallReady)]
     assert [e.index for e in finishes] == [0, 1]
     assert [json.loads(e.call.arguments)["city"] for e in finishes] == ["Paris", "Oslo"]
     assert finishes[0].call.id != finishes[1].call.id

@@ -31,7 +31,7 @@ from agent_template.models import (
     TextDelta,
     ToolCall,
     ToolCallDelta,
-    ToolCallFinished,
+    ToolCallReady,
     ToolCallStarted,
     ToolDefinition,
     ToolResultMessage,
@@ -127,7 +127,7 @@ async def test_tool_call_arguments_split_across_many_deltas(
     pieces = [e.arguments_delta for e in events if isinstance(e, ToolCallDelta)]
     assert len(pieces) > 10
     assert json.loads("".join(pieces)) == arguments
-    [done] = [e for e in events if isinstance(e, ToolCallFinished)]
+    [done] = [e for e in events if isinstance(e, ToolCallReady)]
     assert done.call.id == started.id
     assert json.loads(done.call.arguments) == arguments
     end = finished(events)
@@ -160,7 +160,7 @@ async def test_two_tool_calls_in_one_turn(
     starts = [(e.index, e.id) for e in events if isinstance(e, ToolCallStarted)]
     assert [index for index, _ in starts] == [0, 1]
     assert starts[0][1] != starts[1][1]
-    finishes = [e for e in events if isinstance(e, ToolCallFinished)]
+    finishes = [e for e in events if isinstance(e, ToolCallReady)]
     assert [e.index for e in finishes] == [0, 1]
     assert [json.loads(e.call.arguments)["city"] for e in finishes] == ["Paris", "Oslo"]
     # finished calls come after all the text and argument deltas

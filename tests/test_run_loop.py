@@ -19,7 +19,7 @@ from agent_template.models import (
     ModelRequest,
     ResponseFinished,
     TextDelta,
-    ToolCallFinished,
+    ToolCallReady,
     ToolResultEvent,
     ToolResultMessage,
 )
@@ -320,7 +320,7 @@ async def test_history_is_sent_before_the_new_prompt(settings: Settings) -> None
 async def test_offline_model_calls_a_tool_on_request(settings: Settings) -> None:
     agent = Agent(tools=[add], model="test", settings=settings)
     events = [e async for e in agent.start('call add {"a": 20, "b": 22}')]
-    finished = [e for e in events if isinstance(e, ToolCallFinished)]
+    finished = [e for e in events if isinstance(e, ToolCallReady)]
     assert json.loads(finished[0].call.arguments) == {"a": 20, "b": 22}
     done = events[-1]
     assert isinstance(done, DoneEvent)

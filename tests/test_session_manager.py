@@ -11,7 +11,7 @@ import pytest
 
 from agent_template import AgentLoop, SessionManager
 from agent_template.config import Settings
-from agent_template.core.events import InProcessEventBus
+from agent_template.core.bus import InProcessEventBus
 from agent_template.errors import SessionNotFoundError
 from agent_template.models import (
     AssistantMessage,

@@ -15,7 +15,7 @@ from agent_template.models import (
     ResponseFinished,
     TextDelta,
     ToolCallDelta,
-    ToolCallFinished,
+    ToolCallReady,
     ToolCallStarted,
     ToolDefinition,
     UserMessage,
@@ -174,7 +174,7 @@ async def test_qwen_block_over_the_wire_becomes_a_real_call(
     assert (started.index, started.id, started.name) == (0, "call_text_0", "get_weather")
     [delta] = [e for e in events if isinstance(e, ToolCallDelta)]
     assert json.loads(delta.arguments_delta) == {"city": "Paris"}
-    [done] = [e for e in events if isinstance(e, ToolCallFinished)]
+    [done] = [e for e in events if isinstance(e, ToolCallReady)]
     assert done.call.id == "call_text_0"
     end = events[-1]
     assert isinstance(end, ResponseFinished)

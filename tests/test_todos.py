@@ -8,7 +8,7 @@ import pytest
 
 from agent_template import AgentLoop, SessionManager
 from agent_template.config import Settings
-from agent_template.core.events import InProcessEventBus
+from agent_template.core.bus import InProcessEventBus
 from agent_template.models import TodoItem, TodoListChanged, ToolResultMessage
 from agent_template.services.providers.offline import TestProvider, TestTurn
 from agent_template.services.storage import SQLStore

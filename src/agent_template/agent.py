@@ -31,7 +31,7 @@ from agent_template.services.tool_manager import ToolContext, ToolLike, ToolMana
 
 if TYPE_CHECKING:
     from agent_template.config import Settings
-    from agent_template.core.events import EventBus
+    from agent_template.core.bus import EventBus
     from agent_template.core.hooks import HookRegistry
     from agent_template.services.model_provider import ModelManager, ModelProvider
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel as BaseModelAlias
 
 from agent_template.agent import Agent
-from agent_template.core.agent_loop import AgentLoop as _Scheduler
 from agent_template.core.metrics import Metrics, default_metrics
+from agent_template.core.scheduler import TaskScheduler
 from agent_template.models import Message, SystemMessage, Task
 from agent_template.services.compressor import STATE_VERSION, CompactionResult, ContextCompressor
 from agent_template.services.session_manager import SessionManager
@@ -25,7 +25,7 @@ from agent_template.services.todo_manager import TodoManager
 
 if TYPE_CHECKING:
     from agent_template.config import Settings
-    from agent_template.core.events import EventBus
+    from agent_template.core.bus import EventBus
     from agent_template.core.hooks import HookRegistry
     from agent_template.core.run_loop import ModelClient
     from agent_template.services.tool_manager import ToolLike
@@ -113,7 +113,7 @@ async def _restore_compaction(
     return stored
 
 
-class AgentLoop(_Scheduler):
+class AgentLoop(TaskScheduler):
     """The task scheduler with a ``chat`` handler wired to a model, tools and sessions.
 
     Args:

@@ -1,11 +1,11 @@
 """The engine: run loop, scheduler, queues, streams, events, hooks, metrics. No SDKs here."""
 
-from agent_template.core.agent_loop import AgentLoop, TaskHandler, TaskStore
 from agent_template.core.async_queue import AsyncQueue, FlowStrategy
-from agent_template.core.events import EventBus, InProcessEventBus, Subscription, default_bus
+from agent_template.core.bus import EventBus, InProcessEventBus, Subscription, default_bus
 from agent_template.core.hooks import HookContext, HookRegistry, Veto
 from agent_template.core.metrics import Metrics, default_metrics
 from agent_template.core.run_loop import ModelClient, RunConfig, RunState, ToolExecutor, run_events
+from agent_template.core.scheduler import TaskHandler, TaskScheduler, TaskStore
 from agent_template.core.stream_gen import (
     Chunk,
     ChunkStream,
@@ -15,7 +15,6 @@ from agent_template.core.stream_gen import (
 )
 
 __all__ = [
-    "AgentLoop",
     "AsyncQueue",
     "Chunk",
     "ChunkStream",
@@ -33,6 +32,7 @@ __all__ = [
     "StreamGenerator",
     "Subscription",
     "TaskHandler",
+    "TaskScheduler",
     "TaskStore",
     "ToolExecutor",
     "Veto",

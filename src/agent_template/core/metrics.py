@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import Any
 
-from agent_template.core.events import EventBus
-from agent_template.models.bus import (
+from agent_template.core.bus import EventBus
+from agent_template.models.bus_events import (
     BusEventBase,
     ErrorOccurred,
     ModelCallFinished,

@@ -42,7 +42,7 @@ from agent_template.models import (
 )
 
 if TYPE_CHECKING:
-    from agent_template.core.events import EventBus
+    from agent_template.core.bus import EventBus
     from agent_template.core.hooks import HookContext, HookRegistry
 
 log = logging.getLogger("agent_template.run")

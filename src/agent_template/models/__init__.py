@@ -1,6 +1,6 @@
 """Data models: messages, events, tasks and tools. Imports nothing else from the package."""
 
-from agent_template.models.bus import (
+from agent_template.models.bus_events import (
     BusEvent,
     BusEventBase,
     ContextCompacted,
@@ -16,24 +16,6 @@ from agent_template.models.bus import (
     ToolExecStarted,
     bus_event_adapter,
 )
-from agent_template.models.events import (
-    DoneEvent,
-    ErrorEvent,
-    ModelEvent,
-    ResponseFinished,
-    RunEvent,
-    RunStatus,
-    StreamEvent,
-    StreamGap,
-    TextDelta,
-    ToolCallDelta,
-    ToolCallFinished,
-    ToolCallStarted,
-    ToolResultEvent,
-    UsageEvent,
-    run_event_adapter,
-    stream_event_adapter,
-)
 from agent_template.models.messages import (
     AssistantMessage,
     Message,
@@ -46,6 +28,24 @@ from agent_template.models.messages import (
     message_adapter,
 )
 from agent_template.models.requests import ModelRequest, ModelResponse
+from agent_template.models.run_events import (
+    DoneEvent,
+    ErrorEvent,
+    ModelEvent,
+    ResponseFinished,
+    RunEvent,
+    RunStatus,
+    StreamEvent,
+    StreamGap,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallReady,
+    ToolCallStarted,
+    ToolResultEvent,
+    UsageEvent,
+    run_event_adapter,
+    stream_event_adapter,
+)
 from agent_template.models.sessions import Session
 from agent_template.models.tasks import TERMINAL_STATES, Task, TaskPriority, TaskState
 from agent_template.models.todos import TodoItem, TodoStatus
@@ -87,7 +87,7 @@ __all__ = [
     "TodoStatus",
     "ToolCall",
     "ToolCallDelta",
-    "ToolCallFinished",
+    "ToolCallReady",
     "ToolCallStarted",
     "ToolDefinition",
     "ToolExecFinished",

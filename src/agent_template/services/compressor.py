@@ -31,7 +31,7 @@ from agent_template.models import (
     ToolDefinition,
     Usage,
 )
-from agent_template.models.bus import ContextCompacted
+from agent_template.models.bus_events import ContextCompacted
 from agent_template.services._compaction import (
     MESSAGE_OVERHEAD,
     SUMMARY_PREFIX,

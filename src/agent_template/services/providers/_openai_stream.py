@@ -19,7 +19,7 @@ from agent_template.models import (
     TextDelta,
     ToolCall,
     ToolCallDelta,
-    ToolCallFinished,
+    ToolCallReady,
     ToolCallStarted,
     Usage,
     UsageEvent,
@@ -138,7 +138,7 @@ async def chunk_events(
                 yield event
             tool_calls.extend(text_calls)
     for index, tool_call in enumerate(tool_calls):
-        yield ToolCallFinished(index=index, call=tool_call)
+        yield ToolCallReady(index=index, call=tool_call)
     if usage is not None:
         yield UsageEvent(usage=usage)
     if tool_calls and finish_reason == "stop":

@@ -38,7 +38,7 @@ from agent_template.models import (
     TextDelta,
     ToolCall,
     ToolCallDelta,
-    ToolCallFinished,
+    ToolCallReady,
     ToolCallStarted,
     ToolDefinition,
     ToolResultMessage,
@@ -205,7 +205,7 @@ class AnthropicProvider(ModelProvider):
 
         tool_calls = [call.done() for call in calls.values()]
         for index, tool_call in enumerate(tool_calls):
-            yield ToolCallFinished(index=index, call=tool_call)
+            yield ToolCallReady(index=index, call=tool_call)
         yield UsageEvent(
             usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens, requests=1)
         )

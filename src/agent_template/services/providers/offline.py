@@ -24,7 +24,7 @@ from agent_template.models import (
     TextDelta,
     ToolCall,
     ToolCallDelta,
-    ToolCallFinished,
+    ToolCallReady,
     ToolCallStarted,
     ToolResultMessage,
     Usage,
@@ -123,7 +123,7 @@ class TestProvider(ModelProvider):
             calls.append(call)
             yield ToolCallStarted(index=index, id=call.id, name=name)
             yield ToolCallDelta(index=index, arguments_delta=call.arguments)
-            yield ToolCallFinished(index=index, call=call)
+            yield ToolCallReady(index=index, call=call)
         usage = Usage(
             input_tokens=sum(estimate_tokens(_text_of(m)) for m in request.messages),
             output_tokens=estimate_tokens(turn.text) + sum(len(c.arguments) // 4 for c in calls),

@@ -24,7 +24,7 @@ __all__ = [
     "StreamGap",
     "TextDelta",
     "ToolCallDelta",
-    "ToolCallFinished",
+    "ToolCallReady",
     "ToolCallStarted",
     "ToolResultEvent",
     "UsageEvent",
@@ -53,7 +53,7 @@ class ToolCallDelta(BaseModel):
     arguments_delta: str
 
 
-class ToolCallFinished(BaseModel):
+class ToolCallReady(BaseModel):
     """A tool call whose arguments are complete."""
 
     type: Literal["tool_call_finished"] = "tool_call_finished"
@@ -110,14 +110,14 @@ class StreamGap(BaseModel):
 
 
 ModelEvent: TypeAlias = (
-    TextDelta | ToolCallStarted | ToolCallDelta | ToolCallFinished | UsageEvent | ResponseFinished
+    TextDelta | ToolCallStarted | ToolCallDelta | ToolCallReady | UsageEvent | ResponseFinished
 )
 
 RunEvent = Annotated[
     TextDelta
     | ToolCallStarted
     | ToolCallDelta
-    | ToolCallFinished
+    | ToolCallReady
     | ToolResultEvent
     | UsageEvent
     | ResponseFinished
@@ -129,7 +129,7 @@ StreamEvent = Annotated[
     TextDelta
     | ToolCallStarted
     | ToolCallDelta
-    | ToolCallFinished
+    | ToolCallReady
     | ToolResultEvent
     | UsageEvent
     | ResponseFinished

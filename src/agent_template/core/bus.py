@@ -22,7 +22,7 @@ from typing import Self, TypeVar
 
 from agent_template.core.async_queue import AsyncQueue
 from agent_template.errors import QueueClosedError
-from agent_template.models.bus import BusEventBase
+from agent_template.models.bus_events import BusEventBase
 
 __all__ = [
     "DEFAULT_SUBSCRIPTION_SIZE",

@@ -1,7 +1,7 @@
-"""AgentLoop: the scheduler that runs tasks by priority within a concurrency limit.
+"""TaskScheduler: the scheduler that runs tasks by priority within a concurrency limit.
 
 Tasks (a chat turn, a tool call, a subagent run, a summarisation) are created with a priority
-and started by :meth:`AgentLoop._dispatch` whenever a slot frees, never exceeding
+and started by :meth:`TaskScheduler._dispatch` whenever a slot frees, never exceeding
 ``max_concurrent_tasks``. Within a priority the order is FIFO; a task's effective priority
 grows with its waiting time (one level per ``aging_s``), so a stream of urgent work cannot
 starve low-priority tasks. Every state change is published on the event bus.
@@ -36,10 +36,10 @@ from agent_template.models import (
 )
 
 if TYPE_CHECKING:
-    from agent_template.core.events import EventBus
+    from agent_template.core.bus import EventBus
     from agent_template.core.hooks import HookRegistry
 
-__all__ = ["AgentLoop", "TaskHandler", "TaskStore"]
+__all__ = ["TaskHandler", "TaskScheduler", "TaskStore"]
 
 
 class TaskStore(Protocol):
@@ -63,7 +63,7 @@ STREAM_LINGER_S = 300.0  # and for at most this long after the task finished
 _YIELD_EVERY = 64  # events between forced yields, so a fast producer cannot starve readers
 
 
-class AgentLoop:
+class TaskScheduler:
     """Runs tasks by priority, at most ``max_concurrent_tasks`` at once.
 
     Args:
@@ -92,7 +92,7 @@ class AgentLoop:
         if max_concurrent_tasks < 1:
             raise ConfigurationError("MAX_CONCURRENT_TASKS must be at least 1.")
         if bus is None:
-            from agent_template.core.events import default_bus
+            from agent_template.core.bus import default_bus
 
             bus = default_bus()
         self.bus = bus
