@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from agent_template import Agent, AgentLoop, StreamGenerator, tool  # noqa: E402
 from agent_template.core.bus import InProcessEventBus  # noqa: E402
 from agent_template.core.stream_gen import ChunkStream  # noqa: E402
+from agent_template.core.stream_store import MemoryStreamStore  # noqa: E402
 from agent_template.models import (  # noqa: E402
     AssistantMessage,
     ModelEvent,
@@ -145,8 +146,9 @@ def bench_stream() -> tuple[float, float]:
     model = StreamingModel()
 
     async def once() -> float:
-        loop = AgentLoop(_settings(), model=model, bus=InProcessEventBus())  # type: ignore[arg-type]
-        gen = StreamGenerator()
+        streams = MemoryStreamStore()  # the loop's own, as a composition root would give it
+        loop = AgentLoop(_settings(), model=model, bus=InProcessEventBus(), streams=streams)  # type: ignore[arg-type]
+        gen = StreamGenerator(streams)
         t0 = time.perf_counter()
         task = await loop.create_task({"type": "chat", "message": "stream"})
         count = 0
@@ -198,6 +200,7 @@ def bench_concurrent(n: int = 1000, *, service_gc: bool = True) -> tuple[float, 
             tools=[add],
             bus=InProcessEventBus(),
             max_concurrent_tasks=n,
+            streams=MemoryStreamStore(),
         )
         t0 = time.perf_counter()
         tasks = [await loop.create_task({"type": "chat", "message": "2+3?"}) for _ in range(n)]

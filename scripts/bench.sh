@@ -7,3 +7,4 @@ export PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/python benchmarks/overhead.py
 .venv/bin/python benchmarks/storage.py
 .venv/bin/python benchmarks/cache_latency.py
+.venv/bin/python benchmarks/soak.py

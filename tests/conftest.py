@@ -130,3 +130,13 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await sql_store.open()
         stack.push_async_callback(sql_store.close)
         yield sql_store
+
+
+@pytest.fixture(autouse=True)
+def _fresh_default_stream_store() -> Iterator[None]:
+    """Each test starts with an empty process-default stream store (``AgentLoop()``'s)."""
+    from agent_template.core.stream_store import set_default_stream_store
+
+    set_default_stream_store(None)
+    yield
+    set_default_stream_store(None)

@@ -12,6 +12,7 @@ from agent_template import AgentLoop, SessionManager, StreamGenerator
 from agent_template.config import Settings
 from agent_template.core.bus import InProcessEventBus
 from agent_template.core.scheduler import TaskScheduler as Scheduler
+from agent_template.core.stream_store import MemoryStreamStore
 from agent_template.errors import ConfigurationError, StreamNotFoundError, TaskNotFoundError
 from agent_template.models import (
     AssistantMessage,
@@ -217,7 +218,7 @@ async def test_chat_task_streams_and_persists_the_turn() -> None:
 async def test_chat_task_continues_the_session() -> None:
     model = TestProvider(["one", "two"])
     loop = chat_loop(model)
-    session = await loop.sessions.create_session()
+    session = await loop.sessions.create_session("u1")
     for text in ["first", "second"]:
         task = await loop.create_task({"message": text, "session_id": session.session_id})
         async with asyncio.timeout(2):
@@ -228,9 +229,9 @@ async def test_chat_task_continues_the_session() -> None:
 
 async def test_cancelling_a_chat_task_keeps_the_partial_answer() -> None:
     loop = chat_loop(TestProvider([" ".join(["word"] * 2000)], delay=0.001))
-    session = await loop.sessions.create_session()
+    session = await loop.sessions.create_session("u1")
     task = await loop.create_task({"message": "talk", "session_id": session.session_id})
-    consumer = task.stream.subscribe()
+    consumer = loop.subscribe(task.task_id)
     first = await consumer.__anext__()
     assert isinstance(first.event, TextDelta)
     await loop.cancel_task(task.task_id)
@@ -257,15 +258,13 @@ async def test_many_concurrent_chats_respect_the_limit() -> None:
     assert all(t.result == "x" for t in tasks)
 
 
-async def test_old_finished_streams_are_released(monkeypatch: pytest.MonkeyPatch) -> None:
-    import agent_template.core.scheduler as module
-
-    monkeypatch.setattr(module, "STREAMS_KEPT", 3)
-    loop = Scheduler(handlers={"job": _instant}, bus=InProcessEventBus())
+async def test_old_finished_streams_are_released() -> None:
+    store = MemoryStreamStore(max_streams=3)
+    loop = Scheduler(handlers={"job": _instant}, bus=InProcessEventBus(), streams=store)
     tasks = [await loop.create_task({"type": "job", "name": str(i)}) for i in range(5)]
     await loop.run()
-    assert [t.stream is None for t in tasks] == [True, True, False, False, False]
+    assert [t.task_id in store for t in tasks] == [False, False, True, True, True]
     assert loop.get_task(tasks[0].task_id).state is TaskState.COMPLETED  # the task itself stays
     assert (await loop.wait(tasks[0].task_id)).result == "ok"
     with pytest.raises(StreamNotFoundError):
-        StreamGenerator().process_stream("late", tasks[0])
+        StreamGenerator(store).process_stream("late", tasks[0])

@@ -154,3 +154,72 @@ def test_an_empty_prompt_is_refused_plainly() -> None:
     proc = run_cli("run", "  ")
     assert proc.returncode == 2
     assert "The prompt is empty" in proc.stderr
+
+
+def test_the_prompt_can_come_from_stdin_or_a_file(tmp_path: Path) -> None:
+    piped = subprocess.run(
+        [*CLI, "run", "-"],
+        input="what is on stdin?\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert "You said: 'what is on stdin?'" in piped.stdout
+    big = "word " * 200_000 + "THE END"  # 1 MB: more than a shell passes as one argument
+    (tmp_path / "prompt.txt").write_text(big)
+    from_file = run_cli("run", "--file", str(tmp_path / "prompt.txt"))
+    assert from_file.returncode == 0, from_file.stderr[-500:]
+    assert "THE END'" in from_file.stdout
+    both = run_cli("run", "--file", str(tmp_path / "prompt.txt"), "and this")
+    assert both.returncode == 2
+    assert "not both" in both.stderr
+    missing = run_cli("run", "--file", str(tmp_path / "nope.txt"))
+    assert missing.returncode == 2
+    assert "Cannot read the prompt from" in missing.stderr
+
+
+@pytest.mark.parametrize("turns", ["0", "-3"])
+def test_a_run_needs_at_least_one_turn(turns: str) -> None:
+    proc = run_cli("run", "--max-turns", turns, "hi")
+    assert proc.returncode == 2
+    assert "--max-turns" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "command", [["run"], ["sessions", "show"], ["test-model"], ["status"], ["init"], []]
+)
+def test_help_reads_as_prose_without_type_markers(command: list[str]) -> None:
+    proc = run_cli(*command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    for marker in ("<bool>", "<str>", "<int", "{prompt}", "{PROMPT}", "{session"):
+        assert marker not in proc.stdout
+
+
+def test_init_says_when_it_could_not_write(tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("a file where the data folder should be")
+    proc = run_cli("init", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Cannot write" in proc.stderr
+    assert "Data folders ready" not in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_status_check_fails_when_the_primary_provider_is_down() -> None:
+    proc = run_cli(
+        "status",
+        "--check",
+        env={
+            "DEFAULT_MODEL_PROVIDER": "openai",
+            "OPENAI_API_KEY": "k",
+            "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+            "MODEL_TIMEOUT": "5",
+        },
+    )
+    assert proc.returncode == 1
+    assert "down:" in proc.stdout
+    assert "primary provider 'openai' is not answering" in proc.stderr
+    offline = run_cli("status", "--check")
+    assert offline.returncode == 0, offline.stderr

@@ -111,7 +111,7 @@ def test_sessions_delete_and_unknown_session(wire_server: WireServer, tmp_path: 
     assert "Session 'gone' does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr
     upgraded = cli("db", "upgrade", env=env, cwd=tmp_path)
-    assert "revision 0002" in upgraded.stdout
+    assert "revision 0003" in upgraded.stdout
 
 
 def test_ctrl_c_cancels_promptly_and_keeps_the_partial_answer(
@@ -166,3 +166,73 @@ def test_database_trouble_is_reported_without_a_traceback(tmp_path: Path) -> Non
     bad = cli("sessions", "list", env={**os.environ, "DATABASE_URL": "mysql://x/y"}, cwd=tmp_path)
     assert bad.returncode == 2
     assert "DATABASE_URL: expected sqlite:///" in bad.stderr
+
+
+def test_sigterm_stores_everything_streamed_before_exiting(
+    wire_server: WireServer, tmp_path: Path
+) -> None:
+    env = {**env_for(wire_server, tmp_path), "CHECKPOINT_INTERVAL": "30"}  # no checkpoint helps
+    child, streamed = start_story(wire_server, env, tmp_path, "t", until=80)
+    child.send_signal(signal.SIGTERM)
+    out, err = child.communicate(timeout=15)
+    assert child.returncode == 143
+    assert b"[terminated]" in err
+    assert b"Traceback" not in err
+    printed = (streamed + out).decode().strip()
+    shown = cli("sessions", "show", "t", env=env, cwd=tmp_path).stdout
+    assert "#2 assistant [cancelled]" in shown
+    partial = shown.split("#2 assistant [cancelled]")[1].splitlines()[1].strip()
+    assert partial.startswith(printed)  # nothing the user saw was lost
+    assert STORY.startswith(partial)
+
+
+HANGING_TOOLS = '''
+import time
+from agent_template import tool
+
+@tool
+def hang() -> str:
+    """Never returns."""
+    time.sleep(3600)
+    return "never"
+'''
+
+
+def test_a_hung_sync_tool_never_keeps_the_cli_open(tmp_path: Path) -> None:
+    (tmp_path / "hangtools.py").write_text(HANGING_TOOLS)
+    env = {**os.environ, "DEFAULT_MODEL_PROVIDER": "test", "TOOL_TIMEOUT": "0.5"}
+    timed_out = cli("run", "--tools", "hangtools", "call hang", env=env, cwd=tmp_path)
+    assert timed_out.returncode == 0, timed_out.stderr  # the run went on and finished
+    assert "thread may still be running" in timed_out.stderr
+    assert "was stopped" not in timed_out.stderr + timed_out.stdout
+
+    env["TOOL_TIMEOUT"] = "3600"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "agent_template.cli", "run", "--tools", "hangtools", "call hang"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert child.stderr is not None
+    seen = b""
+    while b"-> hang" not in seen:  # the call has started
+        chunk = os.read(child.stderr.fileno(), 256)
+        assert chunk, "the run ended before calling the tool"
+        seen += chunk
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=15)  # it exits although the tool's thread never returns
+    assert child.returncode == 130
+    assert b"Traceback" not in err
+
+
+def test_compacting_a_short_session_says_there_was_nothing_to_do(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DEFAULT_MODEL_PROVIDER": "test",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'agent.db'}",
+    }
+    assert cli("run", "--session", "short", "hi", env=env, cwd=tmp_path).returncode == 0
+    compacted = cli("sessions", "compact", "short", env=env, cwd=tmp_path)
+    assert compacted.returncode == 0, compacted.stderr
+    assert "Nothing to compact" in compacted.stdout

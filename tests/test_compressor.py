@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -19,9 +20,13 @@ from agent_template.errors import ConfigurationError, ProviderError
 from agent_template.models import (
     AssistantMessage,
     BusEventBase,
+    DataPart,
+    ImagePart,
     Message,
     ModelRequest,
+    ResourcePart,
     SystemMessage,
+    TextPart,
     ToolCall,
     ToolDefinition,
     ToolResultMessage,
@@ -29,6 +34,7 @@ from agent_template.models import (
     UserMessage,
 )
 from agent_template.models.bus_events import ContextCompacted
+from agent_template.services._compaction import IMAGE_TOKENS
 from agent_template.services.compressor import CompactionContext, ContextCompressor
 from agent_template.services.providers.offline import TestProvider, TestTurn
 from agent_template.services.providers.openai_compat import OpenAICompatProvider
@@ -606,3 +612,64 @@ async def test_stored_session_is_compacted_on_the_wire_and_kept_whole_in_storage
     assert [m.role for m in stored[len(history) :]] == ["user", "assistant"]
     assert await loop.sessions.load_compaction(session.session_id)  # summary kept for next time
     await loop.sessions.close()
+
+
+# --------------------------------------------------------------------------- request options
+
+
+async def test_a_compacted_request_keeps_every_option() -> None:
+    weather = ToolDefinition(name="get_weather", parameters={"type": "object"})
+    request = ModelRequest(
+        messages=conversation(12),
+        tools=[weather],
+        model="m-1",
+        temperature=0.2,
+        max_tokens=64,
+        tool_choice="get_weather",
+        stop=["END"],
+        top_p=0.5,
+        seed=3,
+        response_format={"type": "json_object"},
+        parallel_tool_calls=False,
+    )
+    c = ContextCompressor(max_context_length=1500, strategies=["truncate"])
+    prepared = await c.prepare(request)
+    assert c.compactions and len(prepared.messages) < len(request.messages)
+    options = dataclasses.asdict(prepared) | {"messages": None}
+    assert options == dataclasses.asdict(request) | {"messages": None}
+
+
+# --------------------------------------------------------------------------- content parts
+
+
+def test_parts_are_counted_by_what_they_cost() -> None:
+    c = ContextCompressor(max_context_length=100_000)
+    plain = c.estimate([UserMessage(content="look")])
+    image = c.estimate(
+        [UserMessage(content=[TextPart(text="look"), ImagePart(url="https://example.com/a.png")])]
+    )
+    assert image - plain == IMAGE_TOKENS
+    data = {"rows": [[i, i * i] for i in range(200)]}
+    as_data = c.estimate(
+        [ToolResultMessage(tool_call_id="c", name="q", content=[DataPart(data=data)])]
+    )
+    as_text = c.estimate([ToolResultMessage(tool_call_id="c", name="q", content=json.dumps(data))])
+    assert as_data == as_text
+    resource = ResourcePart(uri="file:///a.txt", text="x" * 400)
+    assert c.estimate([UserMessage(content=[resource])]) >= 100
+
+
+async def test_old_tool_outputs_with_parts_are_replaced_too() -> None:
+    messages = conversation(8, tool_every=1)
+    image = ImagePart(url="https://example.com/chart.png")
+    messages = [
+        m.model_copy(update={"content": [TextPart(text=m.text), image, image]})
+        if isinstance(m, ToolResultMessage)
+        else m
+        for m in messages
+    ]
+    c = ContextCompressor(max_context_length=9000, strategies=["drop_tool_outputs"], keep_recent=2)
+    prepared = await c.prepare(request_of(messages))
+    results = [m for m in prepared.messages if isinstance(m, ToolResultMessage)]
+    assert sum(isinstance(r.content, str) for r in results) == 6  # all but the last two turns
+    assert all("tool output removed" in r.text for r in results[:6])

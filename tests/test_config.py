@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent_template.config import Settings, load_settings
-from agent_template.errors import ConfigurationError
+from agent_template.errors import ConfigurationError, MissingAPIKeyError
 from agent_template.services.providers import build_chain, resolve_primary
 
 
@@ -33,6 +33,8 @@ def test_fallbacks_parse_as_an_ordered_list(monkeypatch: pytest.MonkeyPatch) -> 
         ("CONTEXT_COMPRESSION_THRESHOLD", "1.5", "greater than 0 and at most 1"),
         ("DEFAULT_MODEL_PROVIDER", "gpt", "one of openai, anthropic"),
         ("LOG_FORMAT", "xml", "json or text"),
+        ("MODEL_ATTEMPT_TIMEOUT", "0", "a positive number of seconds"),
+        ("MODEL_CALL_TIMEOUT", "-5", "a positive number of seconds"),
     ],
 )
 def test_invalid_values_name_the_variable_and_the_form(
@@ -65,8 +67,12 @@ def test_several_keys_make_a_load_balanced_pool() -> None:
 
 def test_missing_key_is_a_clear_error() -> None:
     s = Settings(_env_file=None)  # type: ignore[call-arg]
-    with pytest.raises(ConfigurationError, match="Set OPENAI_API_KEY"):
+    with pytest.raises(MissingAPIKeyError, match="Set OPENAI_API_KEY") as caught:
         build_chain(s, provider="openai")
+    assert isinstance(caught.value, ConfigurationError)
+    assert (caught.value.provider, caught.value.key_var) == ("openai", "OPENAI_API_KEY")
+    assert caught.value.code == "missing_api_key"
+    assert "--provider" not in str(caught.value)  # frontends add their own advice
     with pytest.raises(ConfigurationError, match="LOCAL_BASE_URL"):
         build_chain(s, provider="local")
 
@@ -82,3 +88,34 @@ def test_every_setting_is_in_the_env_template() -> None:
     assert named - fields == set(), "env.example names settings that do not exist"
     template_env = dict(re.findall(r"^([A-Z_]+)=(.*)$", text, re.MULTILINE))
     load_settings(**{k.lower(): v for k, v in template_env.items() if v})  # valid as written
+
+
+BASE_URL_VARS = (
+    "OPENAI_BASE_URL",
+    "ANTHROPIC_BASE_URL",
+    "DEEPSEEK_BASE_URL",
+    "QWEN_BASE_URL",
+    "OLLAMA_HOST",
+    "LOCAL_BASE_URL",
+)
+
+
+@pytest.mark.parametrize("var", BASE_URL_VARS)
+@pytest.mark.parametrize(
+    "value", ["localhost:8000/v1", "ftp://example.com/v1", "http://", "http://host:port/v1"]
+)
+def test_base_urls_must_be_http_urls_with_a_host(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str
+) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    message = str(info.value)
+    assert f"{var}: expected an http:// or https:// URL with a host" in message
+    assert repr(value) in message
+
+
+@pytest.mark.parametrize("var", BASE_URL_VARS)
+def test_good_base_urls_are_kept(monkeypatch: pytest.MonkeyPatch, var: str) -> None:
+    monkeypatch.setenv(var, "https://proxy.example.com:8443/v1")
+    assert getattr(load_settings(), var.lower()) == "https://proxy.example.com:8443/v1"

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from agent_template.config import Settings
 from agent_template.errors import (
     AllProvidersFailedError,
     BadRequestError,
     ProviderOverloadedError,
+    ProviderTimeoutError,
     StreamError,
 )
 from agent_template.models import (
@@ -289,3 +292,131 @@ async def test_round_robin_alternates_in_each_pool_of_a_chain(wire_server: WireS
     models = [r.body["model"] for r in wire_server.requests]
     assert sorted(models) == ["primary-a", "primary-a", "primary-b", "primary-b"]
     assert all(a != b for a, b in itertools.pairwise(models))
+
+
+# --------------------------------------------------------------------------- deadlines
+
+
+async def test_a_stalled_provider_fails_over_without_being_retried(wire_server: WireServer) -> None:
+    stalling = OpenAICompatProvider(
+        name="openai", api_key="k", base_url=wire_server.openai_base_url, model="m", timeout=0.3
+    )
+    manager = ModelManager(
+        settings(model_max_retries=3), providers=[[stalling], [anthropic(wire_server)]]
+    )
+    wire_server.script(Stall(2.0), Reply("from the fallback"))
+    response = await manager.complete(ask())
+    await manager.aclose()
+    assert response.message.provider == "anthropic"
+    assert wire_server.paths() == [CHAT, MESSAGES]  # not CHAT four times
+
+
+async def test_a_slow_start_past_the_attempt_deadline_fails_over(wire_server: WireServer) -> None:
+    # Each chunk comes well within the read timeout, but the first text only after 0.6 s.
+    manager = ModelManager(
+        settings(model_attempt_timeout=0.2),
+        providers=[[openai_compat(wire_server)], [anthropic(wire_server)]],
+    )
+    wire_server.script(Reply("trickle", text_chunk=1, delay=0.3), Reply("prompt answer"))
+    response = await manager.complete(ask())
+    await manager.aclose()
+    assert (response.message.provider, response.message.text) == ("anthropic", "prompt answer")
+    [first] = [e for e in manager.status() if e["provider"] == "openai"]
+    assert "MODEL_ATTEMPT_TIMEOUT" in first["last_error"]
+
+
+async def test_a_trickling_stream_is_cut_at_the_attempt_deadline(
+    manager: ModelManager, wire_server: WireServer
+) -> None:
+    manager.attempt_timeout = 1.0  # the first text comes at 0.2 s, the whole answer at 2.7 s
+    wire_server.script(Reply("a slow answer that goes on", text_chunk=1, delay=0.1))
+    events: list[ModelEvent] = []
+    with pytest.raises(ProviderTimeoutError) as caught:
+        async for event in manager.stream(ask()):
+            events.append(event)
+    assert caught.value.setting == "MODEL_ATTEMPT_TIMEOUT" and caught.value.timeout == 1.0
+    assert "MODEL_ATTEMPT_TIMEOUT=1s" in str(caught.value)
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert text and "a slow answer that goes on".startswith(text) and len(text) < 26
+    assert wire_server.paths() == [CHAT]  # text was shown: raised, not sent elsewhere
+
+
+async def test_the_call_deadline_caps_retries_and_backoff(wire_server: WireServer) -> None:
+    manager = ModelManager(
+        settings(
+            model_max_retries=20,
+            model_retry_base_delay=0.2,
+            model_retry_max_delay=0.2,
+            model_call_timeout=0.5,
+            circuit_breaker_threshold=100,
+        ),
+        providers=[[openai_compat(wire_server)]],
+    )
+    wire_server.script(*[Fault(503)] * 21)
+    with pytest.raises(AllProvidersFailedError) as caught:
+        await manager.complete(ask())
+    await manager.aclose()
+    last = caught.value.errors[-1]
+    assert isinstance(last, ProviderTimeoutError) and last.setting == "MODEL_CALL_TIMEOUT"
+    assert "MODEL_CALL_TIMEOUT=0.5s" in str(caught.value)
+    assert wire_server.pending > 0  # the retries stopped when the time was up
+
+
+def test_deadline_settings_are_validated() -> None:
+    with pytest.raises(ValidationError):
+        settings(model_attempt_timeout=0)
+    with pytest.raises(ValidationError):
+        settings(model_call_timeout=-1)
+
+
+# --------------------------------------------------------------------------- visibility
+
+
+async def test_a_failover_is_logged_and_counted(
+    manager: ModelManager, wire_server: WireServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    wire_server.script(
+        Fault(500, message="primary down"), Fault(500, message="primary down"), Reply("ok")
+    )
+    with caplog.at_level(logging.WARNING, logger="agent_template.providers"):
+        response = await manager.complete(ask())
+    assert response.message.provider == "anthropic"
+    [record] = [r for r in caplog.records if r.name == "agent_template.providers"]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == (
+        "model call failed over: openai failed (provider_unavailable, HTTP 500: primary down); "
+        "anthropic answered"
+    )
+    assert manager.failovers == 1
+    assert manager.failover_counts == {"openai -> anthropic": 1}
+    primary, fallback = manager.status()
+    assert (primary["failed_over_to"], fallback["failed_over_to"]) == ({"anthropic": 1}, {})
+
+
+async def test_a_retry_that_succeeds_is_not_logged_as_a_failover(
+    manager: ModelManager, wire_server: WireServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    wire_server.script(Fault(503), Reply("second try"))
+    with caplog.at_level(logging.WARNING, logger="agent_template.providers"):
+        await manager.complete(ask())
+    assert not [r for r in caplog.records if r.name == "agent_template.providers"]
+    assert manager.failover_counts == {}
+
+
+async def test_all_failed_states_each_providers_cause_once(
+    manager: ModelManager, wire_server: WireServer
+) -> None:
+    wire_server.script(
+        Fault(500, message="primary down"),
+        Fault(503, message="primary still down"),
+        Fault(529, message="fallback overloaded"),
+        Fault(529, message="fallback overloaded"),
+    )
+    with pytest.raises(AllProvidersFailedError) as caught:
+        await manager.complete(ask())
+    assert str(caught.value) == (
+        "Every provider failed: 1. openai (HTTP 503): primary still down; "
+        "2. anthropic (HTTP 529): fallback overloaded. "
+        "Retry later, or add providers to FALLBACK_PROVIDERS."
+    )
+    assert [e.provider for e in caught.value.causes] == ["openai", "anthropic"]

@@ -92,31 +92,57 @@ async def test_model_hooks_rewrite_the_request_and_see_the_answer() -> None:
     assert seen == [("ok", 1)]
 
 
-async def test_failing_and_slow_hooks_are_counted_and_skipped(
-    caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize("failure", ["raises", "times out"])
+async def test_a_policy_hook_that_cannot_answer_refuses_the_call(
+    failure: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     hooks = HookRegistry(timeout=0.05)
 
     async def broken(call: ToolCall, ctx: HookContext) -> None:
+        raise RuntimeError("policy service down")
+
+    async def sleepy(call: ToolCall, ctx: HookContext) -> None:
+        await asyncio.sleep(10)  # a hook is a quick check, not a wait for a person
+
+    hooks.add("before_tool_call", broken if failure == "raises" else sleepy)
+    model = script()
+    with caplog.at_level(logging.WARNING, logger="agent_template.hooks"):
+        result = await Agent(tools=[delete_file], model=model, settings=SETTINGS, hooks=hooks).run(
+            "x"
+        )
+    assert executed == []  # fail closed: the call did not run
+    refused = [m for m in result.messages if isinstance(m, ToolResultMessage)]
+    assert refused[0].is_error
+    assert "The call was refused: the policy check" in refused[0].content
+    why = "policy service down" if failure == "raises" else "did not answer within 0.05s"
+    assert why in refused[0].content  # and the model is told why
+    assert isinstance(model.requests[-1].messages[-1], ToolResultMessage)
+    assert (hooks.failures, hooks.timeouts) == ((1, 0) if failure == "raises" else (0, 1))
+    assert "refused the call" in caplog.text
+
+
+async def test_observing_hooks_that_fail_are_counted_and_skipped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hooks = HookRegistry(timeout=0.05)
+
+    async def broken(*args: Any) -> None:
         raise RuntimeError("hook bug")
 
-    async def sleepy(call: ToolCall, ctx: HookContext) -> Veto:
+    async def sleepy(*args: Any) -> None:
         await asyncio.sleep(10)
-        return Veto("too late")
 
-    hooks.add("before_tool_call", broken)
-    hooks.add("before_tool_call", sleepy)
+    hooks.add("after_tool_call", broken)
+    hooks.add("before_model_call", sleepy)
     with caplog.at_level(logging.WARNING, logger="agent_template.hooks"):
         result = await Agent(
             tools=[delete_file], model=script(), settings=SETTINGS, hooks=hooks
         ).run("x")
     assert result.output == "done"
     assert executed == ["/etc/passwd"]  # the run went on as if the hooks were absent
-    assert hooks.failures == 1
-    assert hooks.timeouts == 1
     stats = {s["hook"].split(".")[-1]: s for s in hooks.stats()}
     assert stats["broken"]["failures"] == 1
-    assert stats["sleepy"]["timeouts"] == 1
+    assert stats["sleepy"]["timeouts"] == 2  # both model calls, each skipped
     assert "hook bug" in caplog.text
 
 

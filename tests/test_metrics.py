@@ -372,3 +372,31 @@ async def test_agent_loop_reports_tasks_tokens_and_queue_figures(tmp_path: Any) 
     assert snap["collected"]["tasks_pending"] == 0
     assert snap["collected"]["stream_chunks_dropped_total"] == 0
     assert "agent_template_model_latency_seconds_bucket" in metrics.render_prometheus()
+
+
+async def test_tool_names_the_model_invents_cannot_grow_the_series_without_bound() -> None:
+    from agent_template.core.metrics import MAX_LABEL_VALUES, OTHER_LABEL
+
+    bus = InProcessEventBus()
+    metrics = Metrics()
+    metrics.attach(bus)
+    for i in range(MAX_LABEL_VALUES + 50):
+        bus.publish(ToolExecFinished(call_id=str(i), name=f"made_up_{i}", is_error=True))
+    series = metrics.snapshot()["counters"]["tool_errors_total"]
+    assert len(series) == MAX_LABEL_VALUES + 1
+    assert metrics.get("tool_errors_total", tool=OTHER_LABEL) == 50
+    assert metrics.get("tool_errors_total", tool="made_up_0") == 1
+
+
+async def test_a_stopped_loop_leaves_no_collector_behind(tmp_path: Any) -> None:
+    from agent_template import AgentLoop
+    from agent_template.config import Settings
+    from agent_template.services.providers.offline import TestProvider
+
+    settings = Settings(_env_file=None, database_url=f"sqlite:///{tmp_path / 'm.db'}")  # type: ignore[call-arg]
+    metrics = Metrics()
+    loop = AgentLoop(settings, model=TestProvider(), bus=InProcessEventBus(), metrics=metrics)
+    assert "tasks_pending" in metrics.collect()
+    await loop.stop()
+    assert metrics.collect() == {}
+    await loop.sessions.close()

@@ -20,12 +20,18 @@ from agent_template.errors import (
 )
 from agent_template.models import (
     AssistantMessage,
+    DataPart,
+    ImagePart,
     Message,
     ModelEvent,
     ModelRequest,
+    ReasoningDelta,
+    ReasoningPart,
+    ResourcePart,
     ResponseFinished,
     SystemMessage,
     TextDelta,
+    TextPart,
     ToolCall,
     ToolCallDelta,
     ToolCallReady,
@@ -329,3 +335,214 @@ async def test_tool_call_without_a_result_is_rejected(provider: AnthropicProvide
     ]
     with pytest.raises(BadRequestError, match="toolu_lost"):
         await provider.complete(ModelRequest(messages=history))
+
+
+# --------------------------------------------------------------------------- thinking and parts
+
+THOUGHT = "The user wants the weather; call the tool."
+
+
+async def test_streamed_thinking_becomes_reasoning_with_its_signature(
+    provider: AnthropicProvider, wire_server: WireServer
+) -> None:
+    wire_server.script(
+        Reply("Let me look.", reasoning=THOUGHT, signature="sig-1", redacted=["opaque-1"])
+    )
+    events = await drain(provider.stream(ask()))
+
+    thoughts = [e.text for e in events if isinstance(e, ReasoningDelta)]
+    assert "".join(thoughts) == THOUGHT and len(thoughts) > 1
+    first_text = next(i for i, e in enumerate(events) if isinstance(e, TextDelta))
+    assert all(isinstance(e, ReasoningDelta) for e in events[:first_text])
+    message = finished(events).message
+    assert message.content == [
+        ReasoningPart(text=THOUGHT, signature="sig-1", provider="anthropic"),
+        ReasoningPart(redacted_data="opaque-1", provider="anthropic"),
+        TextPart(text="Let me look."),
+    ]
+    assert (message.text, message.reasoning) == ("Let me look.", THOUGHT)
+
+
+async def test_thinking_of_a_whole_answer_is_kept(
+    provider: AnthropicProvider, wire_server: WireServer
+) -> None:
+    wire_server.script(Reply("Sunny.", reasoning=THOUGHT, signature="sig-2", redacted=["x"]))
+    response = await provider.complete(ask())
+    assert response.message.content == [
+        ReasoningPart(text=THOUGHT, signature="sig-2", provider="anthropic"),
+        ReasoningPart(redacted_data="x", provider="anthropic"),
+        TextPart(text="Sunny."),
+    ]
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+async def test_thinking_goes_back_signed_before_text_and_tool_use(
+    provider: AnthropicProvider, wire_server: WireServer, streamed: bool
+) -> None:
+    """With tools and extended thinking the API wants the turn's thinking back, unchanged and
+    first; the wire server refuses a signature it did not issue for that text."""
+    wire_server.script(
+        Reply(
+            "Checking.",
+            tool_calls=[("get_weather", {"city": "Paris"})],
+            reasoning=THOUGHT,
+            signature="sig-3",
+            redacted=["opaque-3"],
+        ),
+        Reply("18C in Paris."),
+    )
+    first = (
+        finished(await drain(provider.stream(ask(tools=[WEATHER])))).message
+        if streamed
+        else (await provider.complete(ask(tools=[WEATHER]))).message
+    )
+    [call] = first.tool_calls
+    history: list[Message] = [
+        UserMessage(content="hi"),
+        first,
+        ToolResultMessage(tool_call_id=call.id, name="get_weather", content="18C"),
+    ]
+    response = await provider.complete(ModelRequest(messages=history, tools=[WEATHER]))
+
+    assert response.message.text == "18C in Paris."
+    blocks = wire_server.requests[-1].body["messages"][1]["content"]
+    assert [b["type"] for b in blocks] == ["thinking", "redacted_thinking", "text", "tool_use"]
+    assert blocks[0] == {"type": "thinking", "thinking": THOUGHT, "signature": "sig-3"}
+    assert blocks[1] == {"type": "redacted_thinking", "data": "opaque-3"}
+
+
+async def test_altered_thinking_is_refused_by_the_server(
+    provider: AnthropicProvider, wire_server: WireServer
+) -> None:
+    """The wire server checks thinking as the API does, so the test above can fail."""
+    forged = AssistantMessage(
+        content=[
+            ReasoningPart(text="not what was said", signature="sig-x", provider="anthropic"),
+            TextPart(text="Hi."),
+        ]
+    )
+    with pytest.raises(BadRequestError, match="signature"):
+        await provider.complete(
+            ModelRequest(messages=[UserMessage(content="hi"), forged, UserMessage(content="?")])
+        )
+
+
+async def test_reasoning_of_other_providers_is_not_sent(
+    provider: AnthropicProvider, wire_server: WireServer
+) -> None:
+    answer = AssistantMessage(
+        content=[
+            ReasoningPart(text="deepseek's thoughts", provider="deepseek"),
+            TextPart(text="4"),
+        ],
+        provider="deepseek",
+    )
+    history: list[Message] = [UserMessage(content="2+2?"), answer, UserMessage(content="and 3+3?")]
+    await provider.complete(ModelRequest(messages=history))
+    assert wire_server.requests[0].body["messages"][1] == {
+        "role": "assistant",
+        "content": [{"type": "text", "text": "4"}],
+    }
+
+
+async def test_images_resources_and_data_are_sent_as_blocks(
+    provider: AnthropicProvider, wire_server: WireServer
+) -> None:
+    history: list[Message] = [
+        UserMessage(
+            content=[
+                TextPart(text="What is this?"),
+                ImagePart(data="iVBORw0KGgo=", media_type="image/png"),
+                ImagePart(url="https://example.com/cat.jpg"),
+            ]
+        ),
+        AssistantMessage(tool_calls=[ToolCall(id="toolu_a", name="fetch")]),
+        ToolResultMessage(
+            tool_call_id="toolu_a",
+            name="fetch",
+            content=[
+                TextPart(text="Fetched."),
+                ImagePart(data="R0lGODlh", media_type="image/gif"),
+                ResourcePart(uri="file:///notes.md", mime_type="text/markdown", text="# Notes"),
+                DataPart(data={"size": 3}),
+            ],
+            is_error=False,
+        ),
+    ]
+    await drain(provider.stream(ModelRequest(messages=history)))
+
+    user, _, results = wire_server.requests[0].body["messages"]
+    assert user["content"] == [
+        {"type": "text", "text": "What is this?"},
+        {
+            "type": "image",
+            "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+        },
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+    ]
+    assert results["content"] == [
+        {
+            "type": "tool_result",
+            "tool_use_id": "toolu_a",
+            "content": [
+                {"type": "text", "text": "Fetched."},
+                {
+                    "type": "image",
+                    "source": {"type": "base64", "media_type": "image/gif", "data": "R0lGODlh"},
+                },
+                {"type": "text", "text": "[resource file:///notes.md (text/markdown)]\n# Notes"},
+                {"type": "text", "text": '{"size": 3}'},
+            ],
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("choice", "parallel", "expected"),
+    [
+        ("auto", None, {"type": "auto"}),
+        ("required", None, {"type": "any"}),
+        ("none", None, {"type": "none"}),
+        ("get_weather", None, {"type": "tool", "name": "get_weather"}),
+        ("required", False, {"type": "any", "disable_parallel_tool_use": True}),
+        (None, False, {"type": "auto", "disable_parallel_tool_use": True}),
+        (None, None, None),
+    ],
+)
+async def test_tool_choice_maps_to_the_messages_api(
+    provider: AnthropicProvider,
+    wire_server: WireServer,
+    choice: str | None,
+    parallel: bool | None,
+    expected: dict[str, object] | None,
+) -> None:
+    request = ModelRequest(
+        messages=[UserMessage(content="hi")],
+        tools=[WEATHER],
+        tool_choice=choice,
+        parallel_tool_calls=parallel,
+    )
+    await provider.complete(request)
+    assert wire_server.requests[0].body.get("tool_choice") == expected
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+async def test_sampling_options_are_sent_and_unsupported_ones_ignored(
+    provider: AnthropicProvider, wire_server: WireServer, streamed: bool
+) -> None:
+    request = ModelRequest(
+        messages=[UserMessage(content="hi")],
+        stop=["END"],
+        top_p=0.9,
+        temperature=0.3,
+        seed=7,
+        response_format={"type": "json_object"},
+        tool_choice="required",  # no tools: not sent
+    )
+    if streamed:
+        await drain(provider.stream(request))
+    else:
+        await provider.complete(request)
+    body = wire_server.requests[0].body
+    assert (body["stop_sequences"], body["top_p"], body["temperature"]) == (["END"], 0.9, 0.3)
+    assert not {"seed", "response_format", "tool_choice", "stop"} & body.keys()

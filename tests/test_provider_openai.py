@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import openai
 import pytest
@@ -23,12 +24,18 @@ from agent_template.errors import (
 )
 from agent_template.models import (
     AssistantMessage,
+    DataPart,
+    ImagePart,
     Message,
     ModelEvent,
     ModelRequest,
+    ReasoningDelta,
+    ReasoningPart,
+    ResourcePart,
     ResponseFinished,
     SystemMessage,
     TextDelta,
+    TextPart,
     ToolCall,
     ToolCallDelta,
     ToolCallReady,
@@ -432,3 +439,146 @@ async def test_answer_limit_uses_the_name_the_server_knows(wire_server: WireServ
     request = ModelRequest(messages=[], max_tokens=9)
     assert official._limit(request, "max_completion_tokens") == 9
     assert official._limit(request, "max_tokens") is openai.omit
+
+
+# --------------------------------------------------------------------------- reasoning and parts
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+async def test_streamed_reasoning_becomes_reasoning_events_and_a_leading_part(
+    provider: OpenAICompatProvider,
+    wire_server: WireServer,
+    field: Literal["reasoning_content", "reasoning"],
+) -> None:
+    wire_server.script(
+        Reply("Paris.", reasoning="The user asks for a capital.", reasoning_field=field)
+    )
+    events = await drain(provider.stream(ask("Capital of France?")))
+
+    thoughts = [e.text for e in events if isinstance(e, ReasoningDelta)]
+    assert "".join(thoughts) == "The user asks for a capital." and len(thoughts) > 1
+    first_text = next(i for i, e in enumerate(events) if isinstance(e, TextDelta))
+    assert all(isinstance(e, ReasoningDelta) for e in events[:first_text])
+    message = finished(events).message
+    assert message.content == [
+        ReasoningPart(text="The user asks for a capital.", provider="openai"),
+        TextPart(text="Paris."),
+    ]
+    assert (message.text, message.reasoning) == ("Paris.", "The user asks for a capital.")
+
+
+async def test_reasoning_of_a_whole_answer_is_kept(
+    provider: OpenAICompatProvider, wire_server: WireServer
+) -> None:
+    wire_server.script(Reply("42.", reasoning="Six times seven."))
+    response = await provider.complete(ask("6 x 7?"))
+    assert response.message.reasoning == "Six times seven."
+    assert response.message.text == "42."
+
+
+async def test_reasoning_is_not_sent_back(
+    provider: OpenAICompatProvider, wire_server: WireServer
+) -> None:
+    wire_server.script(Reply("42.", reasoning="Six times seven."), Reply("You are welcome."))
+    first = await provider.complete(ask("6 x 7?"))
+    history: list[Message] = [
+        UserMessage(content="6 x 7?"),
+        first.message,
+        UserMessage(content="Thanks"),
+    ]
+    response = await provider.complete(ModelRequest(messages=history))
+    assert response.message.text == "You are welcome."
+    sent = wire_server.requests[-1].body["messages"]
+    assert sent[1] == {"role": "assistant", "content": "42."}
+
+
+async def test_user_and_tool_content_parts_are_sent_as_content_parts(
+    provider: OpenAICompatProvider, wire_server: WireServer
+) -> None:
+    history: list[Message] = [
+        UserMessage(
+            content=[
+                TextPart(text="What is this?"),
+                ImagePart(data="iVBORw0KGgo=", media_type="image/png"),
+                ImagePart(url="https://example.com/cat.jpg"),
+            ]
+        ),
+        AssistantMessage(tool_calls=[ToolCall(id="call_a", name="fetch")]),
+        ToolResultMessage(
+            tool_call_id="call_a",
+            name="fetch",
+            content=[
+                TextPart(text="Fetched."),
+                ResourcePart(uri="file:///notes.md", mime_type="text/markdown", text="# Notes"),
+                DataPart(data={"size": 3}),
+                ImagePart(url="https://example.com/chart.png"),
+            ],
+        ),
+    ]
+    await drain(provider.stream(ModelRequest(messages=history)))
+
+    sent = wire_server.requests[0].body["messages"]
+    assert sent[0] == {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+        ],
+    }
+    assert sent[2] == {
+        "role": "tool",
+        "tool_call_id": "call_a",
+        "content": [
+            {"type": "text", "text": "Fetched."},
+            {"type": "text", "text": "[resource file:///notes.md (text/markdown)]\n# Notes"},
+            {"type": "text", "text": '{"size": 3}'},
+            {"type": "text", "text": "[an image: sent in the next user message]"},
+        ],
+    }
+    # tool messages take only text: the image follows the results, saying where it came from
+    assert sent[3] == {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "The tool fetch (call call_a) returned:"},
+            {"type": "image_url", "image_url": {"url": "https://example.com/chart.png"}},
+        ],
+    }
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+async def test_request_options_are_sent(
+    provider: OpenAICompatProvider, wire_server: WireServer, streamed: bool
+) -> None:
+    request = ModelRequest(
+        messages=[UserMessage(content="hi")],
+        tools=[WEATHER],
+        tool_choice="get_weather",
+        stop=["END"],
+        top_p=0.9,
+        seed=7,
+        response_format={"type": "json_object"},
+        parallel_tool_calls=False,
+    )
+    if streamed:
+        await drain(provider.stream(request))
+    else:
+        await provider.complete(request)
+    body = wire_server.requests[0].body
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert (body["stop"], body["top_p"], body["seed"]) == (["END"], 0.9, 7)
+    assert body["response_format"] == {"type": "json_object"}
+    assert body["parallel_tool_calls"] is False
+    assert body.get("stream", False) is streamed
+
+
+async def test_tool_options_are_left_out_without_tools(
+    provider: OpenAICompatProvider, wire_server: WireServer
+) -> None:
+    request = ModelRequest(
+        messages=[UserMessage(content="hi")], tool_choice="required", parallel_tool_calls=True
+    )
+    await provider.complete(request)
+    body = wire_server.requests[0].body
+    assert "tool_choice" not in body and "parallel_tool_calls" not in body
+    assert not {"stop", "top_p", "seed", "response_format"} & body.keys()

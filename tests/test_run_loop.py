@@ -10,6 +10,7 @@ import pytest
 
 from agent_template import Agent, tool
 from agent_template.config import Settings
+from agent_template.core.bus import InProcessEventBus
 from agent_template.errors import MaxTurnsExceededError, ProviderOverloadedError
 from agent_template.models import (
     AssistantMessage,
@@ -357,3 +358,85 @@ async def test_an_unexpected_model_failure_is_reported_not_raised(settings: Sett
     partial = run.result.messages[-1]
     assert isinstance(partial, AssistantMessage)
     assert (partial.content, partial.status) == ("half ", "failed")
+
+
+async def test_each_tool_result_reports_its_own_duration(settings: Settings) -> None:
+    quick_done = asyncio.Event()
+
+    @tool
+    async def quick() -> str:
+        """Answers at once."""
+        quick_done.set()
+        return "q"
+
+    @tool
+    async def slow() -> str:
+        """Answers after quick did, and a little longer."""
+        await quick_done.wait()
+        await asyncio.sleep(0.05)
+        return "s"
+
+    model = TestProvider([TestTurn(tool_calls=[("slow", {}), ("quick", {})]), "done"])
+    agent = Agent(tools=[quick, slow], model=model, settings=settings)
+    results = [e async for e in agent.run_stream("x") if isinstance(e, ToolResultEvent)]
+    by_name = {r.name: r.duration_ms for r in results}
+    assert by_name["quick"] < by_name["slow"]  # not the turn's time for both
+
+
+async def test_a_failing_checkpoint_is_a_storage_error_and_the_run_still_ends(
+    settings: Settings,
+) -> None:
+    from agent_template.errors import StorageUnavailableError
+    from agent_template.models import ErrorOccurred
+
+    saved: list[list[str]] = []
+
+    async def save(messages: list) -> None:  # type: ignore[type-arg]
+        saved.append([m.role for m in messages])
+
+    async def checkpoint(text: str) -> None:
+        raise StorageUnavailableError("sqlite:///data/x.db", "disk I/O error")
+
+    bus = InProcessEventBus()
+    errors: list[ErrorOccurred] = []
+    bus.add_listener(errors.append, types=["error_occurred"])
+    agent = Agent(
+        model=TestProvider([" ".join(["word"] * 50)], delay=0.001), settings=settings, bus=bus
+    )
+    run = agent.start("talk", on_messages=save)
+    run.config.checkpoint = checkpoint
+    run.config.checkpoint_interval = 0.0
+    events = [e async for e in run]
+    assert [type(e) for e in events[-2:]] == [ErrorEvent, DoneEvent]
+    error = events[-2]
+    assert isinstance(error, ErrorEvent)
+    assert error.code == "storage_unavailable"
+    assert "disk I/O error" in error.message
+    assert run.result.status == "failed"
+    assert errors[0].source == "storage"  # not blamed on the model
+    assert saved[-1] == ["assistant"]  # the partial answer was still handed over
+
+
+async def test_a_failing_save_on_the_failure_path_does_not_swallow_the_final_events(
+    settings: Settings,
+) -> None:
+    calls = 0
+
+    async def save(messages: list) -> None:  # type: ignore[type-arg]
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise OSError("disk full")
+
+    class Breaks(ModelProvider):
+        name = "breaks"
+
+        async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+            yield TextDelta(text="half an ans")
+            raise ProviderOverloadedError("breaks", "overloaded")
+
+    run = Agent(model=Breaks(model="m"), settings=settings).start("x", on_messages=save)
+    events = [e async for e in run]
+    assert [e.type for e in events[-2:]] == ["error", "done"]
+    assert events[-2].code == "provider_unavailable"  # type: ignore[union-attr]
+    assert calls == 2  # the partial answer was offered; its failure did not hide the error

@@ -34,7 +34,7 @@ def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
 
 async def test_context_window_never_splits_a_tool_pair(store: SQLStore) -> None:
     manager = SessionManager(store=store, context_window=3)
-    session = await manager.create_session()
+    session = await manager.create_session("ada")
     call = ToolCall(id="c1", name="t")
     await manager.add_messages(
         session.session_id,
@@ -71,7 +71,7 @@ async def test_rename_list_delete_and_idle_cleanup(store: SQLStore) -> None:
 
 async def test_cleanup_is_off_by_default(store: SQLStore) -> None:
     manager = SessionManager(store=store)
-    await manager.create_session()
+    await manager.create_session("ada")
     assert await manager.cleanup_idle() == 0
 
 
@@ -81,7 +81,7 @@ async def test_redis_outage_falls_back_without_an_error(
     down = RedisStateCache("redis://127.0.0.1:1/0", socket_timeout=0.2)
     cache = FallbackStateCache(down, MemoryStateCache())
     manager = SessionManager(store=store, cache=cache)
-    session = await manager.create_session(title="t")
+    session = await manager.create_session("ada", title="t")
     with caplog.at_level(logging.WARNING, logger="agent_template.cache"):
         for _ in range(3):
             assert (await manager.get_session(session.session_id)).title == "t"
@@ -100,7 +100,7 @@ async def test_sessions_are_cached_in_redis_and_invalidated(store: SQLStore) -> 
 
         service_missing(f"Redis at {url}", exc)
     manager = SessionManager(store=store, cache=cache)
-    session = await manager.create_session(title="cached")
+    session = await manager.create_session("ada", title="cached")
     await manager.get_session(session.session_id)  # miss: read from the database
     hits = cache.stats()["hits"]
     await manager.get_session(session.session_id)
@@ -122,7 +122,11 @@ async def test_long_offline_conversation_compacts_and_keeps_the_full_history(
     loop = AgentLoop(settings, model=model, bus=bus, todo_tools=False)
     for turn in range(25):
         task = await loop.create_task(
-            {"message": f"Turn {turn}: " + "tell me more about rivers " * 4, "session_id": "long"}
+            {
+                "message": f"Turn {turn}: " + "tell me more about rivers " * 4,
+                "session_id": "long",
+                "user_id": "ada",
+            }
         )
         await loop.run()
         assert task.state.value == "completed", task.error
@@ -148,7 +152,7 @@ async def test_disabled_compression_never_compacts(tmp_path: Path) -> None:
     model = TestProvider()
     loop = AgentLoop(settings, model=model, bus=bus, todo_tools=False)
     for _turn in range(8):
-        await loop.create_task({"message": "words " * 40, "session_id": "s"})
+        await loop.create_task({"message": "words " * 40, "session_id": "s", "user_id": "ada"})
         await loop.run()
     assert compactions == []
     assert len(model.requests[-1].messages) == 16  # the whole history, system + 15
@@ -162,7 +166,9 @@ async def test_manual_compaction_of_a_session(tmp_path: Path) -> None:
     bus.add_listener(compactions.append, types=["context_compacted"])
     loop = AgentLoop(settings, model=TestProvider(), bus=bus, todo_tools=False)
     for turn in range(6):
-        await loop.create_task({"message": f"message {turn} " * 20, "session_id": "m"})
+        await loop.create_task(
+            {"message": f"message {turn} " * 20, "session_id": "m", "user_id": "ada"}
+        )
         await loop.run()
     result = await loop.compact_session("m")
     assert result.manual
@@ -177,7 +183,7 @@ async def test_a_running_service_deletes_idle_sessions(tmp_path: Path) -> None:
 
     settings = settings_for(tmp_path, session_ttl=0.4)
     loop = AgentLoop(settings, model=TestProvider(), bus=InProcessEventBus(), todo_tools=False)
-    old = await loop.sessions.create_session()
+    old = await loop.sessions.create_session("ada")
     await loop.start()
     try:
         async with asyncio.timeout(5):
@@ -199,7 +205,11 @@ async def test_a_session_longer_than_the_window_reuses_its_summary(tmp_path: Pat
     turns = 70
     for turn in range(turns):
         await loop.create_task(
-            {"message": f"Turn {turn}: " + "more about deltas " * 6, "session_id": "w"}
+            {
+                "message": f"Turn {turn}: " + "more about deltas " * 6,
+                "session_id": "w",
+                "user_id": "ada",
+            }
         )
         await loop.run()
     summaries = [

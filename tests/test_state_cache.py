@@ -107,6 +107,16 @@ async def test_get_set_delete_exists(cache: StateCache) -> None:
     assert not await cache.exists("k")
 
 
+async def test_delete_many(cache: StateCache) -> None:
+    view = cache.namespaced("view")
+    await cache.set_many({f"k{i}": i for i in range(600)})  # more than one Redis batch
+    await view.set("k1", "in the view")
+    assert await cache.delete_many([]) == 0
+    assert await cache.delete_many([*(f"k{i}" for i in range(1, 600)), "k1", "absent"]) == 599
+    assert await cache.get_many(["k0", "k1", "k599"]) == {"k0": 0}
+    assert await view.get("k1") == "in the view"  # only this namespace's keys
+
+
 async def test_values_round_trip_as_fresh_copies(cache: StateCache) -> None:
     values: list[Any] = [0, -7, 2.5, True, False, "", "text", [], {}, None]
     for value in values:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent_template import Agent
 from agent_template.models import (
     ModelEvent,
     ModelRequest,
@@ -20,6 +21,7 @@ from agent_template.models import (
     ToolDefinition,
     UserMessage,
 )
+from agent_template.services.providers._openai_stream import TEXT_CALL_ID_PREFIX
 from agent_template.services.providers._text_tools import TextToolCallParser
 from agent_template.services.providers.openai_compat import OpenAICompatProvider
 from tests.wire_server import Reply, WireServer
@@ -171,11 +173,12 @@ async def test_qwen_block_over_the_wire_becomes_a_real_call(
     text = "".join(e.text for e in events if isinstance(e, TextDelta))
     assert text == "Checking. "
     [started] = [e for e in events if isinstance(e, ToolCallStarted)]
-    assert (started.index, started.id, started.name) == (0, "call_text_0", "get_weather")
+    assert (started.index, started.name) == (0, "get_weather")
+    assert started.id.startswith(TEXT_CALL_ID_PREFIX)
     [delta] = [e for e in events if isinstance(e, ToolCallDelta)]
     assert json.loads(delta.arguments_delta) == {"city": "Paris"}
     [done] = [e for e in events if isinstance(e, ToolCallReady)]
-    assert done.call.id == "call_text_0"
+    assert done.call.id == started.id
     end = events[-1]
     assert isinstance(end, ResponseFinished)
     assert end.finish_reason == "tool_calls"
@@ -192,11 +195,8 @@ async def test_plain_json_reply_over_the_wire_becomes_a_real_call(
     assert response.finish_reason == "tool_calls"
     assert response.message.content == ""
     [call] = response.message.tool_calls
-    assert (call.id, call.name, json.loads(call.arguments)) == (
-        "call_text_0",
-        "get_weather",
-        {"city": "Oslo"},
-    )
+    assert (call.name, json.loads(call.arguments)) == ("get_weather", {"city": "Oslo"})
+    assert call.id.startswith(TEXT_CALL_ID_PREFIX)
 
 
 async def test_unknown_tool_over_the_wire_stays_text(
@@ -229,3 +229,35 @@ async def test_providers_without_the_flag_leave_text_alone(wire_server: WireServ
     await provider.aclose()
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == QWEN_CALL
     assert not any(isinstance(e, ToolCallStarted) for e in events)
+
+
+async def test_text_calls_of_different_turns_get_different_ids(wire_server: WireServer) -> None:
+    """Two turns that each write a call as text: the history the server gets back must tell
+    the calls apart (every turn's first call was ``call_text_0``, so results paired wrongly)."""
+    calls: list[str] = []
+
+    def get_weather(city: str) -> str:
+        """Weather for a city."""
+        calls.append(city)
+        return f"18C in {city}"
+
+    oslo = '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
+    wire_server.script(Reply(QWEN_CALL), Reply(oslo), Reply("Paris 18C, Oslo 18C."))
+    provider = OpenAICompatProvider(
+        name="ollama",
+        api_key="not-needed",
+        base_url=wire_server.openai_base_url,
+        model="qwen2.5",
+        text_tool_calls=True,
+    )
+    async with Agent("Use the tools.", tools=[get_weather], model=provider) as agent:
+        result = await agent.run("Weather in Paris, then Oslo?")
+
+    assert result.output == "Paris 18C, Oslo 18C."
+    assert calls == ["Paris", "Oslo"]
+    sent = wire_server.requests[-1].body["messages"]
+    ids = [c["id"] for m in sent if m["role"] == "assistant" for c in m.get("tool_calls", [])]
+    answered = [m["tool_call_id"] for m in sent if m["role"] == "tool"]
+    assert len(ids) == 2 and len(set(ids)) == 2, ids
+    assert answered == ids
+    assert all(call_id.startswith(TEXT_CALL_ID_PREFIX) for call_id in ids)

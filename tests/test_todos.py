@@ -26,7 +26,7 @@ async def test_replace_and_read_persist_and_announce(store: SQLStore) -> None:
     seen: list[Any] = []
     bus.add_listener(seen.append, types=["todos_changed"])
     manager = SessionManager(store=store)
-    session = await manager.create_session()
+    session = await manager.create_session("ada")
     todos = TodoManager(store, bus=bus)
     items = [TodoItem(**p) for p in PLAN]  # type: ignore[arg-type]
     await todos.replace(session.session_id, items)
@@ -52,7 +52,7 @@ async def test_the_agent_plans_with_the_todo_tools(tmp_path: Any) -> None:
     events: list[Any] = []
     bus.add_listener(events.append, types=["todos_changed"])
     loop = AgentLoop(settings, model=model, bus=bus)
-    task = await loop.create_task({"message": "plan it", "session_id": "s1"})
+    task = await loop.create_task({"message": "plan it", "session_id": "s1", "user_id": "ada"})
     await loop.run()
     assert task.result == "Planned."
     results = [m for m in model.requests[2].messages if isinstance(m, ToolResultMessage)]

@@ -6,9 +6,11 @@ import asyncio
 import threading
 from typing import Literal
 
+import pytest
 from pydantic import BaseModel
 
 from agent_template import ToolContext, ToolManager, tool
+from agent_template.errors import ConfigurationError
 from agent_template.models import ToolCall
 
 
@@ -133,3 +135,104 @@ def test_registry() -> None:
     assert len(manager.definitions()) == 2
     manager.unregister("describe")
     assert [d.name for d in manager.definitions()] == ["<lambda>"]
+
+
+def test_tools_that_share_a_name_are_refused_naming_both() -> None:
+    @tool(name="describe")
+    def other(text: str) -> str:
+        """Another description."""
+        return text
+
+    manager = ToolManager([describe])
+    manager.register(describe)  # the same tool again is harmless
+    with pytest.raises(ConfigurationError) as caught:
+        manager.register(other)
+    message = str(caught.value)
+    assert "Two tools are named 'describe'" in message
+    assert "test_tools.describe" in message and "other" in message
+    manager.register(other, replace=True)  # said out loud, it is allowed
+    assert manager.get("describe") is not None
+
+
+def test_a_user_tool_named_like_a_built_in_one_is_refused() -> None:
+    from agent_template import AgentLoop
+    from agent_template.config import Settings
+    from agent_template.services.session_manager import MemorySessionStore, SessionManager
+
+    @tool
+    def todo_write(items: str) -> str:
+        """My own todo tool."""
+        return items
+
+    with pytest.raises(ConfigurationError, match="Two tools are named 'todo_write'"):
+        AgentLoop(
+            Settings(_env_file=None),  # type: ignore[call-arg]
+            model="test",
+            tools=[todo_write],
+            session_manager=SessionManager(store=MemorySessionStore()),
+        )
+
+
+async def test_each_call_gets_its_own_context() -> None:
+    seen: list[tuple[str, str | None, str | None, str | None]] = []
+
+    @tool
+    async def who(ctx: ToolContext) -> str:
+        """Who is calling."""
+        await asyncio.sleep(0.01)
+        seen.append((ctx.call_id, ctx.session_id, ctx.task_id, ctx.user_id))
+        return ctx.call_id
+
+    manager = ToolManager([who])
+    base = ToolContext(session_id="s", task_id="t", user_id="u")
+    await asyncio.gather(
+        manager.execute(ToolCall(id="c1", name="who"), base),
+        manager.execute(ToolCall(id="c2", name="who"), base),
+    )
+    assert sorted(seen) == [("c1", "s", "t", "u"), ("c2", "s", "t", "u")]
+    assert base.call_id == ""  # the run's context itself is untouched
+
+
+async def test_a_sync_tool_that_times_out_is_not_said_to_be_stopped() -> None:
+    release = threading.Event()
+
+    @tool(timeout=0.05)
+    def stuck() -> str:
+        """Blocks until released."""
+        release.wait(10)
+        return "late"
+
+    manager = ToolManager([stuck])
+    result = await manager.execute(ToolCall(id="1", name="stuck"))
+    release.set()
+    assert result.is_error
+    assert "did not finish within 0.05s" in result.content
+    assert "thread may still be running" in result.content
+    assert "was stopped" not in result.content
+
+
+async def test_an_abandoned_sync_tool_does_not_use_up_the_worker_threads() -> None:
+    from agent_template.services._threads import MAX_THREADS
+
+    release = threading.Event()
+
+    @tool(timeout=0.02)
+    def stuck() -> str:
+        """Blocks until released."""
+        release.wait(10)
+        return "late"
+
+    @tool
+    def quick() -> str:
+        """Answers at once."""
+        return "ok"
+
+    manager = ToolManager([stuck, quick])
+    try:
+        await asyncio.gather(
+            *(manager.execute(ToolCall(id=str(i), name="stuck")) for i in range(MAX_THREADS + 4))
+        )
+        answer = await asyncio.wait_for(manager.execute(ToolCall(id="q", name="quick")), 5)
+    finally:
+        release.set()
+    assert answer.content == "ok"

@@ -9,8 +9,11 @@ stalled or dropped connection) run through the same code as against the real ser
 
 Scripted items are consumed one per request, in order, by either route. With the script empty the
 server echoes the last user message. Every request is recorded in :attr:`WireServer.requests`. A
-conversation whose tool calls and tool results do not pair up is rejected with 400 in the
-provider's error format (such a request consumes no script item).
+request the real API would refuse is rejected with 400 in the provider's error format (such a
+request consumes no script item): tool calls and results that do not pair up, content parts of an
+unknown shape, ``reasoning_content`` sent back to the OpenAI route, and on the Anthropic route
+thinking blocks that are not in front of the turn's other blocks or whose signature (or redacted
+data) this server did not issue with exactly that text.
 """
 
 from __future__ import annotations
@@ -62,6 +65,11 @@ class Reply:
     Each tool call's arguments (a dict, or raw JSON text) arrive in ``args_chunk``-character
     pieces. ``usage`` is (input tokens, output tokens); ``model`` defaults to the request's.
     ``delay`` is the pause in seconds before each streamed chunk, to imitate a slow model.
+
+    ``reasoning`` comes before the text, in ``text_chunk``-character pieces: on the OpenAI route
+    as ``reasoning_field`` (DeepSeek's ``reasoning_content``, or ``reasoning``), on the Anthropic
+    route as a ``thinking`` block signed with ``signature`` (``signature_delta`` when streamed),
+    followed by a ``redacted_thinking`` block for each item of ``redacted``.
     """
 
     text: str = ""
@@ -71,6 +79,10 @@ class Reply:
     args_chunk: int = 3
     model: str | None = None
     delay: float = 0.0
+    reasoning: str = ""
+    reasoning_field: Literal["reasoning_content", "reasoning"] = "reasoning_content"
+    signature: str = "wire-signature"
+    redacted: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -133,6 +145,10 @@ class WireServer:
         self._lock = threading.Lock()
         self._counter = 0
         self._stopping = False
+        # Thinking this server sent (signature -> text) and redacted data, which alone may
+        # come back: the real API checks signatures the same way.
+        self._signed: dict[str, str] = {}
+        self._redacted: set[str] = set()
         self._sock: socket.socket | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -219,10 +235,12 @@ class WireServer:
             self._script.extend(items)
 
     def clear(self) -> None:
-        """Forget the recorded requests and any unconsumed script items."""
+        """Forget the recorded requests, unconsumed script items and issued signatures."""
         with self._lock:
             self._script.clear()
             self.requests.clear()
+            self._signed.clear()
+            self._redacted.clear()
 
     @property
     def pending(self) -> int:
@@ -249,6 +267,28 @@ class WireServer:
         while not self._stopping and (left := deadline - time.monotonic()) > 0:
             await asyncio.sleep(min(left, _STALL_POLL_S))
 
+    def _check_thinking(self, body: dict[str, Any]) -> str | None:
+        """Thinking blocks sent back must be ours, unchanged, and before the turn's other blocks."""
+        for i, message in enumerate(body.get("messages") or []):
+            content = message.get("content")
+            if message.get("role") != "assistant" or not isinstance(content, list):
+                continue
+            kinds = [b.get("type") for b in content if isinstance(b, dict)]
+            thoughts = [k for k in kinds if k in ("thinking", "redacted_thinking")]
+            if kinds[: len(thoughts)] != thoughts:
+                return (
+                    f"messages.{i}.content: thinking blocks must come before the other blocks "
+                    "of the assistant turn"
+                )
+            for j, block in enumerate(content[: len(thoughts)]):
+                if block.get("type") == "thinking":
+                    signed = self._signed.get(block.get("signature") or "")
+                    if signed is None or signed != block.get("thinking"):
+                        return f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
+                elif block.get("data") not in self._redacted:
+                    return f"messages.{i}.content.{j}: Invalid `data` in `redacted_thinking` block"
+        return None
+
     async def _openai(self, request: Request) -> Response:
         return await self._handle(request, "openai")
 
@@ -262,7 +302,10 @@ class WireServer:
             return _error(wire, 400, "the request body is not JSON")
         if not isinstance(body, dict):
             return _error(wire, 400, "the request body is not a JSON object")
-        problem = _validate_openai(body) if wire == "openai" else _validate_anthropic(body)
+        if wire == "openai":
+            problem = _validate_openai(body)
+        else:
+            problem = _validate_anthropic(body) or self._check_thinking(body)
         recorded = RecordedRequest(request.url.path, body, dict(request.headers))
         item, number = self._record(recorded, consume=not problem)
         if problem:
@@ -280,6 +323,11 @@ class WireServer:
             drop_after, item = item.after_chunks, item.reply
         reply = item if item is not None else Reply(f"echo: {_last_user_text(body, wire)}")
         model = reply.model or str(body.get("model", "wire-model"))
+        if wire == "anthropic":
+            with self._lock:
+                if reply.reasoning:
+                    self._signed[reply.signature] = reply.reasoning
+                self._redacted.update(reply.redacted)
         if not body.get("stream"):
             build = _openai_json if wire == "openai" else _anthropic_json
             return JSONResponse(build(reply, model, number))
@@ -401,6 +449,8 @@ def _validate_openai(body: dict[str, Any]) -> str | None:
         role = message.get("role")
         if role not in ("system", "developer", "user", "assistant", "tool"):
             return f"messages[{i}]: unknown role {role!r}"
+        if problem := _openai_content_problem(i, message):
+            return problem
         if role == "tool":
             call_id = message.get("tool_call_id")
             if call_id not in waiting:
@@ -428,6 +478,50 @@ def _validate_openai(body: dict[str, Any]) -> str | None:
     return None
 
 
+def _openai_content_problem(i: int, message: dict[str, Any]) -> str | None:
+    """What is wrong with a message's content parts, as the API would say it, or None."""
+    if "reasoning_content" in message:
+        return f"messages[{i}]: reasoning_content must not be sent back in the input"
+    content = message.get("content")
+    if not isinstance(content, list):
+        return None
+    allowed = {"text"} if message.get("role") in ("tool", "system") else {"text", "image_url"}
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in allowed:
+            return f"messages[{i}].content[{j}]: invalid content part type {kind!r}"
+        if kind == "text" and not isinstance(part.get("text"), str):
+            return f"messages[{i}].content[{j}].text: must be a string"
+        if kind == "image_url" and not str((part.get("image_url") or {}).get("url", "")).strip():
+            return f"messages[{i}].content[{j}].image_url.url: required"
+    return None
+
+
+_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+
+
+def _anthropic_block_problem(where: str, block: Any) -> str | None:
+    if not isinstance(block, dict):
+        return f"{where}: must be an object"
+    kind = block.get("type")
+    if kind == "text" and not block.get("text"):
+        return f"{where}.text: text content blocks must be non-empty"
+    if kind == "image":
+        source = block.get("source") or {}
+        if source.get("type") == "base64":
+            if source.get("media_type") not in _IMAGE_TYPES or not source.get("data"):
+                return f"{where}.source: base64 images need media_type and data"
+        elif source.get("type") != "url" or not source.get("url"):
+            return f"{where}.source: expected a base64 or url source"
+    if kind == "tool_result" and isinstance(block.get("content"), list):
+        for k, inner in enumerate(block["content"]):
+            if not isinstance(inner, dict) or inner.get("type") not in ("text", "image"):
+                return f"{where}.content.{k}: tool results take text and image blocks"
+            if problem := _anthropic_block_problem(f"{where}.content.{k}", inner):
+                return problem
+    return None
+
+
 def _blocks(message: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     content = message.get("content")
     if not isinstance(content, list):
@@ -444,10 +538,15 @@ def _validate_anthropic(body: dict[str, Any]) -> str | None:
     if not isinstance(body.get("max_tokens"), int):
         return "max_tokens: Field required"
     expected: set[str] = set()  # tool_use ids of the previous assistant message
+    seen: set[str] = set()  # every tool_use id so far: the API wants them unique
     for i, message in enumerate(messages):
         role = message.get("role")
         if role not in ("user", "assistant"):
             return f"messages.{i}.role: Input should be 'user' or 'assistant' (got {role!r})"
+        content = message.get("content")
+        for j, block in enumerate(content if isinstance(content, list) else []):
+            if problem := _anthropic_block_problem(f"messages.{i}.content.{j}", block):
+                return problem
         results = {b.get("tool_use_id") for b in _blocks(message, "tool_result")}
         if role == "assistant" and results:
             return f"messages.{i}: tool_result blocks belong in a user message"
@@ -465,6 +564,9 @@ def _validate_anthropic(body: dict[str, Any]) -> str | None:
             )
         uses = _blocks(message, "tool_use") if role == "assistant" else []
         expected = {str(b.get("id")) for b in uses}
+        if repeated := expected & seen:
+            return f"messages.{i}: tool_use ids must be unique: {', '.join(sorted(repeated))}"
+        seen |= expected
     if expected:
         return (
             "tool_use ids were found without tool_result blocks immediately after: "
@@ -511,6 +613,8 @@ def _openai_chunks(reply: Reply, model: str, number: int, include_usage: bool) -
         return b"data: " + json.dumps({**base, "choices": [choice]}).encode() + b"\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
+    for piece in _pieces(reply.reasoning, reply.text_chunk):
+        yield chunk({reply.reasoning_field: piece})
     for piece in _pieces(reply.text, reply.text_chunk):
         yield chunk({"content": piece})
     for index, (name, args) in enumerate(reply.tool_calls):
@@ -540,6 +644,8 @@ def _openai_json(reply: Reply, model: str, number: int) -> dict[str, Any]:
         for index, (name, args) in enumerate(reply.tool_calls)
     ]
     message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
+    if reply.reasoning:
+        message[reply.reasoning_field] = reply.reasoning
     if calls:
         message["tool_calls"] = calls
     prompt, completion = reply.usage
@@ -573,17 +679,32 @@ def _anthropic_chunks(reply: Reply, model: str, number: int) -> Iterator[bytes]:
     message.update(content=[], stop_reason=None)
     yield _sse("message_start", {"message": message})
     index = 0
+    if reply.reasoning:
+        block = {"type": "thinking", "thinking": "", "signature": ""}
+        yield _sse("content_block_start", {"index": index, "content_block": block})
+        for piece in _pieces(reply.reasoning, reply.text_chunk):
+            delta = {"type": "thinking_delta", "thinking": piece}
+            yield _sse("content_block_delta", {"index": index, "delta": delta})
+        delta = {"type": "signature_delta", "signature": reply.signature}
+        yield _sse("content_block_delta", {"index": index, "delta": delta})
+        yield _sse("content_block_stop", {"index": index})
+        index += 1
+    for data in reply.redacted:
+        block = {"type": "redacted_thinking", "data": data}
+        yield _sse("content_block_start", {"index": index, "content_block": block})
+        yield _sse("content_block_stop", {"index": index})
+        index += 1
     if reply.text:
         yield _sse(
-            "content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}
+            "content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}}
         )
         for piece in _pieces(reply.text, reply.text_chunk):
             yield _sse(
                 "content_block_delta",
-                {"index": 0, "delta": {"type": "text_delta", "text": piece}},
+                {"index": index, "delta": {"type": "text_delta", "text": piece}},
             )
-        yield _sse("content_block_stop", {"index": 0})
-        index = 1
+        yield _sse("content_block_stop", {"index": index})
+        index += 1
     for offset, (name, args) in enumerate(reply.tool_calls):
         block = {"type": "tool_use", "id": f"toolu_{number}_{offset}", "name": name, "input": {}}
         yield _sse("content_block_start", {"index": index, "content_block": block})
@@ -605,6 +726,11 @@ def _anthropic_chunks(reply: Reply, model: str, number: int) -> Iterator[bytes]:
 
 def _anthropic_json(reply: Reply, model: str, number: int) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
+    if reply.reasoning:
+        content.append(
+            {"type": "thinking", "thinking": reply.reasoning, "signature": reply.signature}
+        )
+    content.extend({"type": "redacted_thinking", "data": data} for data in reply.redacted)
     if reply.text:
         content.append({"type": "text", "text": reply.text})
     for offset, (name, args) in enumerate(reply.tool_calls):

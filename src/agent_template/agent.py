@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent_template.core.run_loop import ModelClient, RunConfig, RunState, run_events
-from agent_template.errors import AgentTemplateError
+from agent_template.errors import AgentTemplateError, ConfigurationError
 from agent_template.models import (
     Message,
+    ModelRequest,
     RunEvent,
     RunStatus,
     SystemMessage,
@@ -80,8 +82,27 @@ class AgentRun:
         )
 
 
+_NOT_SETTINGS = frozenset({"messages", "tools", "model"})
+
+
+def _checked_model_settings(options: Mapping[str, Any]) -> dict[str, Any]:
+    from dataclasses import fields
+
+    known = {f.name for f in fields(ModelRequest)} - _NOT_SETTINGS
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigurationError(
+            f"Unknown model setting(s) {', '.join(unknown)}; use {', '.join(sorted(known))}."
+        )
+    return dict(options)
+
+
 class Agent:
     """An agent: instructions, tools and a model.
+
+    In async code, close it when done (``async with Agent(...) as agent:`` or
+    ``await agent.aclose()``) so that the model's connections are released;
+    :meth:`run_sync` does that after each call.
 
     Args:
         instructions: the system prompt.
@@ -96,6 +117,13 @@ class Agent:
         compressor: keeps each request within the context window (an object with
             ``async prepare(request, session_id=...)`` and ``observe(request, usage)``,
             such as :class:`~agent_template.services.compressor.ContextCompressor`).
+        model_settings: options of every model request, by the name of the
+            :class:`~agent_template.models.ModelRequest` field: ``temperature``,
+            ``max_tokens``, ``tool_choice``, ``stop``, ``top_p``, ``seed``,
+            ``response_format``, ``parallel_tool_calls``.
+
+    Raises:
+        ConfigurationError: ``model_settings`` names something that is not an option.
     """
 
     def __init__(
@@ -112,7 +140,9 @@ class Agent:
         hooks: HookRegistry | None = None,
         bus: EventBus | None = None,
         compressor: Any = None,
+        model_settings: Mapping[str, Any] | None = None,
     ) -> None:
+        self.model_settings = _checked_model_settings(model_settings or {})
         self.instructions = instructions
         self.name = name
         self.deps = deps
@@ -162,6 +192,7 @@ class Agent:
         history: Sequence[Message] = (),
         session_id: str | None = None,
         task_id: str | None = None,
+        user_id: str | None = None,
         model: str | None = None,
         on_messages: Callable[[list[Message]], Awaitable[None]] | None = None,
     ) -> AgentRun:
@@ -178,14 +209,19 @@ class Agent:
         start = len(messages)
         messages.append(UserMessage(content=prompt))
         state = RunState(messages=messages, start=start)
+        task_id = task_id or f"run_{uuid.uuid4().hex}"  # events of a run can be told apart
         config = RunConfig(
             max_turns=self.max_turns,
+            model_settings=self.model_settings,
             model=model,
-            context=ToolContext(session_id=session_id, deps=self.deps),
+            context=ToolContext(
+                session_id=session_id, task_id=task_id, user_id=user_id, deps=self.deps
+            ),
             hooks=self.hooks,
             bus=self.bus,
             session_id=session_id,
             task_id=task_id,
+            user_id=user_id,
             agent=self.name,
             on_messages=on_messages,
         )
@@ -216,5 +252,47 @@ class Agent:
         return result
 
     def run_sync(self, prompt: str, **kwargs: Any) -> RunResult:
-        """:meth:`run` for code that has no event loop."""
-        return asyncio.run(self.run(prompt, **kwargs))
+        """:meth:`run` for code that has no event loop.
+
+        Each call runs in a new event loop and closes the model's connections before that
+        loop ends (they belong to it), so the next call opens fresh ones.
+
+        Raises:
+            RuntimeError: when called inside a running event loop; use ``await agent.run(...)``
+                there.
+            AgentTemplateError: as :meth:`run` does.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # no loop running: the case this method is for
+        else:
+            raise RuntimeError(
+                "Agent.run_sync() cannot be called from a running event loop (async code, "
+                "Jupyter); use `await agent.run(...)` instead."
+            )
+
+        async def run_then_close() -> RunResult:
+            try:
+                return await self.run(prompt, **kwargs)
+            finally:
+                await self.aclose()
+
+        return asyncio.run(run_then_close())
+
+    async def aclose(self) -> None:
+        """Close the model's connections (every provider's SDK client).
+
+        The agent stays usable: a later run opens new connections.
+        """
+        if self._model is None:
+            return
+        close = getattr(self._model, "aclose", None)
+        if close is not None:
+            await close()
+
+    async def __aenter__(self) -> Agent:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -7,6 +7,7 @@ so ``--help`` stays fast.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from agent_template.cli_output import Printer as _Printer
+from agent_template.cli_output import cli_hint as _cli_hint
 from agent_template.cli_output import clip as _clip
 from agent_template.cli_output import err as _err
 from agent_template.cli_output import style as _style
@@ -24,17 +26,56 @@ if TYPE_CHECKING:
     from agent_template.services.model_provider import ModelManager
     from agent_template.services.tool_manager import FunctionTool
 
+
+def _plain_help() -> None:
+    """Help in the classic style: ``PROMPT``, ``--session ID``, plain flags.
+
+    Typer 0.29 writes the Python type next to each parameter (``<str>``, ``<bool>``) and
+    braces around required arguments (``{prompt}``), which reads as markup to a person.
+    """
+    core = typer.core
+    argument, option = getattr(core, "TyperArgument", None), getattr(core, "TyperOption", None)
+    if argument is None or option is None:
+        return  # another Typer: keep its own style
+
+    def no_type(self: Any, ctx: Any) -> None:
+        return None
+
+    def usage_name(self: Any) -> str:
+        name = str(self.metavar or self.name).upper()
+        name = name if self.required else f"[{name}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    def option_type(self: Any, ctx: Any) -> str | None:
+        if self.is_flag or self.count:
+            return None
+        return str(self.metavar or self.name).upper()
+
+    for name, value in (
+        ("display_type_rich", no_type),
+        ("_usage_display_name", usage_name),
+    ):
+        if hasattr(argument, name):
+            setattr(argument, name, value)
+    if hasattr(option, "display_type_rich"):
+        option.display_type_rich = option_type
+
+
+_plain_help()
+
 app = typer.Typer(
     name="agent-template",
     help="Run AI agents that stream answers and call tools, from the terminal.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # docstring paragraphs are reflowed, not broken mid-sentence
 )
 
 _EXIT_CONFIG = 2
 _EXIT_FAILED = 1
-_EXIT_INTERRUPTED = 130
+_EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+_EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 def _settings() -> Settings:
@@ -96,27 +137,71 @@ def _manager(settings: Settings, provider: str | None, model: str | None) -> Mod
     try:
         return ModelManager(settings, provider=provider, model=model)
     except ConfigurationError as exc:
-        _err(str(exc))
+        _err(_with_cli_hint(exc))
         raise typer.Exit(_EXIT_CONFIG) from None
+
+
+LOCAL_USER = "default"  # the one user of the command line: every CLI session is theirs
+
+
+def _read_prompt(prompt: str | None, file: Path | None) -> str:
+    """The prompt from the argument, standard input (``-``) or ``--file``."""
+    if file is not None and prompt is not None:
+        _err("Give the prompt as an argument or with --file, not both.")
+        raise typer.Exit(_EXIT_CONFIG)
+    if file is not None:
+        try:
+            return file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            _err(f"Cannot read the prompt from {file}: {exc}")
+            raise typer.Exit(_EXIT_CONFIG) from None
+    if prompt == "-":
+        return sys.stdin.read()
+    return prompt or ""
 
 
 @app.command()
 def run(
-    prompt: Annotated[str, typer.Argument(help="What to ask the agent.")],
+    prompt: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="PROMPT",
+            help="What to ask the agent; '-' reads it from standard input.",
+            show_default=False,
+        ),
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", metavar="PATH", help="Read the prompt from this file."),
+    ] = None,
     tools: Annotated[
         list[str] | None,
-        typer.Option("--tools", "-t", help="Module or .py file whose @tool functions to offer."),
+        typer.Option(
+            "--tools",
+            "-t",
+            metavar="MODULE",
+            help="Module or .py file whose @tool functions to offer (repeatable).",
+        ),
     ] = None,
     session: Annotated[
         str | None,
-        typer.Option("--session", "-s", help="Continue (or create) this persisted session."),
+        typer.Option(
+            "--session", "-s", metavar="ID", help="Continue (or create) this persisted session."
+        ),
     ] = None,
-    provider: Annotated[str | None, typer.Option(help="Provider, overriding settings.")] = None,
-    model: Annotated[str | None, typer.Option(help="Model, overriding settings.")] = None,
+    provider: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Provider, overriding settings.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Model, overriding settings.")
+    ] = None,
     instructions: Annotated[
-        str, typer.Option("--instructions", "-i", help="System prompt.")
+        str, typer.Option("--instructions", "-i", metavar="TEXT", help="System prompt.")
     ] = "You are a helpful assistant.",
-    max_turns: Annotated[int | None, typer.Option(help="Model turns before giving up.")] = None,
+    max_turns: Annotated[
+        int | None,
+        typer.Option(metavar="N", min=1, help="Model turns before giving up (at least 1)."),
+    ] = None,
     json_events: Annotated[
         bool, typer.Option("--json", help="Print every event as a JSON line.")
     ] = False,
@@ -124,10 +209,14 @@ def run(
     """Stream an answer from an agent in this process, showing its tool calls.
 
     With --session, the conversation is stored in DATABASE_URL and the next run with the
-    same session continues it.
+    same session continues it; runs on one session take turns, also across processes.
     """
-    if not prompt.strip():
-        _err('The prompt is empty. Ask something: agent-template run "What is 2 + 3?"')
+    text = _read_prompt(prompt, file)
+    if not text.strip():
+        _err(
+            'The prompt is empty. Ask something: agent-template run "What is 2 + 3?" '
+            "(or pipe it in with 'run -', or use --file PATH)."
+        )
         raise typer.Exit(_EXIT_CONFIG)
     settings = _settings()
     manager = _manager(settings, provider, model)
@@ -137,14 +226,43 @@ def run(
 
         _err(_style(OFFLINE_NOTICE, fg="yellow"))
     job = _stream_run(
-        settings, manager, tool_list, prompt, instructions, max_turns, json_events, session
+        settings, manager, tool_list, text, instructions, max_turns, json_events, session
     )
     try:
-        code = asyncio.run(job)
+        code = _run_interruptible(job)
     except KeyboardInterrupt:
         _err("[cancelled]")
         code = _EXIT_INTERRUPTED
     raise typer.Exit(code)
+
+
+def _run_interruptible(job: Any) -> int:
+    """Run ``job``; SIGTERM cancels it like Ctrl-C does, so the partial answer is stored."""
+    import signal
+
+    async def main() -> int:
+        task = asyncio.current_task()
+        terminated = False
+
+        def on_term() -> None:
+            nonlocal terminated
+            terminated = True
+            if task is not None:
+                task.cancel()
+
+        loop = asyncio.get_running_loop()
+        # Where signal handlers are not supported, SIGTERM keeps its default effect.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, on_term)
+        try:
+            return int(await job)
+        except asyncio.CancelledError:
+            if terminated:
+                _err("[terminated]")
+                return _EXIT_TERMINATED
+            raise
+
+    return asyncio.run(main())
 
 
 async def _stream_run(
@@ -158,37 +276,44 @@ async def _stream_run(
     session_id: str | None,
 ) -> int:
     from agent_template.errors import AgentTemplateError
-    from agent_template.runtime import AgentLoop
+    from agent_template.runtime import AgentLoop, stream_store
 
     sessions = None
     if session_id is None:  # nothing to keep: no database needed
         from agent_template.services.session_manager import MemorySessionStore, SessionManager
 
         sessions = SessionManager(store=MemorySessionStore())
-    loop = AgentLoop(
-        settings,
-        model=manager,
-        tools=tools,
-        instructions=instructions,
-        session_manager=sessions,
-        todo_tools=session_id is not None,  # a plan needs a session to live in
-    )
+    try:
+        loop = AgentLoop(
+            settings,
+            model=manager,
+            tools=tools,
+            instructions=instructions,
+            session_manager=sessions,
+            todo_tools=session_id is not None,  # a plan needs a session to live in
+            streams=stream_store(settings),
+        )
+    except AgentTemplateError as exc:  # tools named alike, for one
+        _err(_style(f"Error: {exc}", fg="red"))
+        return _EXIT_CONFIG
     if max_turns:
         loop.agent.max_turns = max_turns
     printer = _Printer(json_events)
     loop.bus.add_listener(printer.compacted, types=["context_compacted"])
     task = None
     try:
-        task = await loop.create_task({"type": "chat", "message": prompt, "session_id": session_id})
-        async for chunk in task.stream.subscribe():
+        task = await loop.create_task(
+            {"type": "chat", "message": prompt, "session_id": session_id, "user_id": LOCAL_USER}
+        )
+        async for chunk in loop.subscribe(task.task_id):
             printer.show(chunk.event)
         await loop.run()
         if task.state.value == "failed" and not printer.error_shown:
             _err(_style(f"Error: {task.error}", fg="red"))
     except AgentTemplateError as exc:  # storage or configuration trouble, said plainly
-        _err(_style(f"Error: {exc}", fg="red"))
+        _err(_style(f"Error: {_with_cli_hint(exc)}", fg="red"))
         return _EXIT_FAILED
-    except asyncio.CancelledError:  # Ctrl-C: stop the run now, keeping what it produced
+    except asyncio.CancelledError:  # Ctrl-C or SIGTERM: stop the run now, keeping its output
         if task is not None:
             await asyncio.shield(loop.cancel_task(task.task_id))
         raise
@@ -202,6 +327,11 @@ async def _stream_run(
         _err("[cancelled]")
         return _EXIT_INTERRUPTED
     return 0 if status == "completed" else _EXIT_FAILED
+
+
+def _with_cli_hint(exc: BaseException) -> str:
+    """The error's message, plus what to do about it with this command line's options."""
+    return str(exc) + _cli_hint(getattr(exc, "code", ""))
 
 
 async def _shutdown(loop: Any, manager: ModelManager) -> None:
@@ -225,7 +355,7 @@ def test_model(
     try:
         instance = build_provider(name, settings, model=model or settings.default_model)
     except ConfigurationError as exc:
-        _err(str(exc))
+        _err(_with_cli_hint(exc))
         raise typer.Exit(_EXIT_CONFIG) from None
 
     async def once() -> None:
@@ -243,12 +373,12 @@ def test_model(
         typer.echo(f"model:    {response.message.model or instance.model}")
         typer.echo(f"latency:  {ms:.0f} ms")
         typer.echo(f"usage:    {u.input_tokens} input + {u.output_tokens} output tokens")
-        typer.echo(f"answer:   {_clip(response.message.content, 120)}")
+        typer.echo(f"answer:   {_clip(response.message.text, 120)}")
 
     try:
         asyncio.run(once())
     except AgentTemplateError as exc:
-        _err(f"Provider {name!r} failed: {exc}")
+        _err(f"Provider {name!r} failed: {_with_cli_hint(exc)}")
         raise typer.Exit(_EXIT_FAILED) from None
 
 
@@ -303,11 +433,18 @@ def status(
         typer.echo(f"  {name:<10}{state:<44}{role}")
     if check:
         typer.echo("Health")
+        primary_up = True
         for name in ready or [primary]:
-            typer.echo(f"  {name:<10}{asyncio.run(_ping(settings, name))}")
+            up, line = asyncio.run(_ping(settings, name))
+            typer.echo(f"  {name:<10}{line}")
+            if name == primary:
+                primary_up = up
+        if not primary_up:
+            _err(f"The primary provider {primary!r} is not answering.")
+            raise typer.Exit(_EXIT_FAILED)
 
 
-async def _ping(settings: Settings, name: str) -> str:
+async def _ping(settings: Settings, name: str) -> tuple[bool, str]:
     import time
 
     from agent_template.errors import AgentTemplateError
@@ -317,15 +454,15 @@ async def _ping(settings: Settings, name: str) -> str:
     try:
         provider = build_provider(name, settings)
     except AgentTemplateError as exc:
-        return f"error: {exc}"
+        return False, f"error: {exc}"
     t0 = time.perf_counter()
     try:
         await provider.complete(ModelRequest(messages=[UserMessage(content="ping")]))
     except AgentTemplateError as exc:
-        return f"down: {exc}"
+        return False, f"down: {exc}"
     finally:
         await provider.aclose()
-    return f"up, {(time.perf_counter() - t0) * 1000:.0f} ms"
+    return True, f"up, {(time.perf_counter() - t0) * 1000:.0f} ms"
 
 
 @app.command()
@@ -337,13 +474,21 @@ def init(
     from importlib import resources
 
     template = resources.files("agent_template").joinpath("env.example").read_text("utf-8")
-    if target.exists() and not force:
-        _err(".env already exists; keeping it. Use --force to overwrite it.")
-    else:
-        target.write_text(template, encoding="utf-8")
-        typer.echo(f"Wrote {target.resolve()}")
-    for folder in ("data/logs", "data/cache", "data/sessions"):
-        Path(folder).mkdir(parents=True, exist_ok=True)
+    try:
+        if target.exists() and not force:
+            _err(".env already exists; keeping it. Use --force to overwrite it.")
+        else:
+            target.write_text(template, encoding="utf-8")
+            typer.echo(f"Wrote {target.resolve()}")
+        for folder in ("data/logs", "data/cache", "data/sessions"):
+            Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        where = Path(exc.filename or ".").resolve()
+        _err(
+            f"Cannot write {where}: {exc.strerror or exc}. Check that this folder is yours to "
+            "write in (its permissions), or run init somewhere else."
+        )
+        raise typer.Exit(_EXIT_FAILED) from None
     typer.echo("Data folders ready under ./data")
 
 

@@ -7,7 +7,14 @@ from typing import Any
 
 import typer
 
-__all__ = ["Printer", "clip", "err", "style"]
+__all__ = ["Printer", "cli_hint", "clip", "err", "style"]
+
+# What to do about an error with this command line's options, by the error's code.
+_HINTS = {
+    "provider": " Or choose another provider with --provider.",
+    "all_providers_failed": " Or choose another provider with --provider.",
+    "missing_api_key": " Or choose another provider with --provider.",
+}
 
 
 def err(message: str) -> None:
@@ -16,6 +23,14 @@ def err(message: str) -> None:
 
 def style(text: str, **kwargs: Any) -> str:
     return typer.style(text, **kwargs) if sys.stderr.isatty() else text
+
+
+def cli_hint(code: str) -> str:
+    """The command-line advice for an error code (empty when there is none)."""
+    hint = _HINTS.get(code)
+    if hint is None and code.startswith("provider_") and code != "provider_bad_request":
+        hint = _HINTS["provider"]
+    return hint or ""
 
 
 class Printer:
@@ -43,9 +58,11 @@ class Printer:
         elif kind == "tool_result":
             mark = "error" if event.is_error else "result"
             err(style(f"<- {event.name} {mark}: {clip(event.content)}", fg="cyan"))
+        elif kind == "queued":
+            err(style("[waiting for the session's current run to finish]", dim=True))
         elif kind == "error":
             self._break_line()
-            err(style(f"Error: {event.message}", fg="red"))
+            err(style(f"Error: {event.message}{cli_hint(event.code)}", fg="red"))
             self.error_shown = True
         elif kind == "done":
             self._break_line()

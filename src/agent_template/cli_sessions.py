@@ -11,8 +11,12 @@ import typer
 if TYPE_CHECKING:
     from agent_template.services.session_manager import SessionManager
 
-sessions_app = typer.Typer(help="List, show and delete stored sessions.", no_args_is_help=True)
-db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+sessions_app = typer.Typer(
+    help="List, show and delete stored sessions.", no_args_is_help=True, rich_markup_mode="markdown"
+)
+db_app = typer.Typer(
+    help="Database maintenance.", no_args_is_help=True, rich_markup_mode="markdown"
+)
 
 
 def _manager() -> SessionManager:
@@ -92,10 +96,10 @@ def show_session(
             typer.echo(f"\n#{r.seq} {m.role}{mark}{packed}")
             if isinstance(m, ToolResultMessage):
                 label = "error" if m.is_error else "result"
-                typer.echo(f"  {m.name} {label}: {m.content}")
+                typer.echo(f"  {m.name} {label}: {m.text}")
                 continue
-            if m.content:
-                typer.echo(f"  {m.content}")
+            if m.text:
+                typer.echo(f"  {m.text}")
             if isinstance(m, AssistantMessage):
                 for call in m.tool_calls:
                     typer.echo(f"  -> {call.name}({call.arguments})")
@@ -141,10 +145,15 @@ def compact_session(
             result = await loop.compact_session(session_id)
         finally:
             await loop.sessions.close()
+        if result.strategy in ("", "none"):  # nothing was summarised or dropped
+            typer.echo(
+                f"Nothing to compact: session {session_id} takes about {result.tokens_before} "
+                f"tokens, within its limit of {result.limit}."
+            )
+            return
         typer.echo(
             f"Compacted session {session_id}: about {result.tokens_before} -> "
-            f"{result.tokens_after} tokens ({result.strategy or 'nothing to do'}); "
-            f"limit {result.limit}."
+            f"{result.tokens_after} tokens ({result.strategy}); limit {result.limit}."
         )
 
     _go(job())
@@ -153,7 +162,10 @@ def compact_session(
 @db_app.command("upgrade")
 def upgrade() -> None:
     """Apply the schema migrations to DATABASE_URL (start-up does this too)."""
+    import traceback
+
     from agent_template.cli import _settings
+    from agent_template.errors import StorageMigrationError
     from agent_template.services.storage import SQLStore
     from agent_template.services.storage.migrate import current_revision
 
@@ -164,6 +176,10 @@ def upgrade() -> None:
         try:
             engine = await store.open()
             revision = await current_revision(engine)
+        except StorageMigrationError as exc:  # the details are what this command is for
+            cause = exc.__cause__ or exc
+            typer.echo("".join(traceback.format_exception(cause)), err=True)
+            raise
         finally:
             await store.close()
         typer.echo(f"Database {settings.database_url} is at revision {revision}.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -35,6 +36,19 @@ _EXPECTED = {
     "DATABASE_URL": "sqlite:///path/to/file.db or postgresql+asyncpg://user@host:5432/db",
     "LOAD_BALANCING": "none, round_robin or least_latency",
     "MODEL_TIMEOUT": "a positive number of seconds",
+    "MODEL_ATTEMPT_TIMEOUT": "a positive number of seconds",
+    "MODEL_CALL_TIMEOUT": "a positive number of seconds",
+    **{
+        var: "an http:// or https:// URL with a host, such as " + example
+        for var, example in (
+            ("OPENAI_BASE_URL", "http://localhost:8080/v1"),
+            ("ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
+            ("DEEPSEEK_BASE_URL", "https://api.deepseek.com"),
+            ("QWEN_BASE_URL", "https://dashscope.aliyuncs.com/compatible-mode/v1"),
+            ("OLLAMA_HOST", "http://localhost:11434"),
+            ("LOCAL_BASE_URL", "http://localhost:8000/v1"),
+        )
+    },
     "TOOL_TIMEOUT": "a positive number of seconds",
     "MAX_TURNS": "a positive integer",
 }
@@ -66,7 +80,9 @@ class Settings(BaseSettings):
     default_model: str | None = None
     fallback_providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     load_balancing: Literal["none", "round_robin", "least_latency"] = "none"
-    model_timeout: float = Field(60.0, gt=0)
+    model_timeout: float = Field(60.0, gt=0)  # a stalled connection or read
+    model_attempt_timeout: float = Field(300.0, gt=0)  # one attempt, request to finish
+    model_call_timeout: float = Field(600.0, gt=0)  # one call, retries and failover included
     model_max_retries: int = Field(2, ge=0)
     model_retry_base_delay: float = Field(0.5, ge=0)
     model_retry_max_delay: float = Field(20.0, ge=0)
@@ -86,6 +102,12 @@ class Settings(BaseSettings):
     context_window_messages: int = Field(200, ge=2)
     checkpoint_interval: float = Field(1.0, gt=0)  # seconds between saves of a streaming answer
     task_lease_seconds: float = Field(15.0, gt=0)
+
+    # Streams: each task's numbered chunks, kept for clients that join late or resume
+    stream_retain_chunks: int = Field(10_000, ge=1)
+    stream_retain_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    stream_buffer_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    stream_linger: float = Field(300.0, ge=0)
 
     # Agent
     max_concurrent_tasks: int = Field(10, ge=1)
@@ -108,6 +130,8 @@ class Settings(BaseSettings):
     @field_validator(
         "default_model_provider",
         "default_model",
+        "openai_base_url",
+        "anthropic_base_url",
         "local_base_url",
         "redis_url",
         "cache_backend",
@@ -117,6 +141,27 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator(
+        "openai_base_url",
+        "anthropic_base_url",
+        "deepseek_base_url",
+        "qwen_base_url",
+        "ollama_host",
+        "local_base_url",
+    )
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlsplit(value)
+        try:
+            parsed.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            raise ValueError("invalid port") from None
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("not an http(s) URL with a host")
+        return value
 
     @field_validator("database_url")
     @classmethod

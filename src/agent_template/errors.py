@@ -14,6 +14,7 @@ __all__ = [
     "CacheUnavailableError",
     "ConfigurationError",
     "MaxTurnsExceededError",
+    "MissingAPIKeyError",
     "ProviderConnectionError",
     "ProviderError",
     "ProviderOverloadedError",
@@ -25,6 +26,9 @@ __all__ = [
     "SessionNotFoundError",
     "SlowConsumerError",
     "StateCacheError",
+    "StorageError",
+    "StorageMigrationError",
+    "StoragePermissionError",
     "StorageUnavailableError",
     "StreamError",
     "StreamNotFoundError",
@@ -54,9 +58,14 @@ class ConfigurationError(AgentTemplateError):
 class ProviderError(AgentTemplateError):
     """A model provider failed.
 
+    The message is built from the attributes; ``hint`` says what to do in words that fit any
+    frontend (no command-line flags: a frontend adds its own advice from ``code``).
+
     Attributes:
         provider: the provider's name (``openai``, ``anthropic``...).
+        detail: what went wrong, without the provider's name or a hint.
         status: the HTTP status, when the provider answered with one.
+        hint: what to do about it.
         retryable: whether the same request may succeed if sent again.
     """
 
@@ -75,22 +84,56 @@ class ProviderError(AgentTemplateError):
         self.detail = detail
         self.status = status
         self.hint = hint or self.default_hint()
-        status_part = f" (HTTP {status})" if status else ""
-        super().__init__(f"Provider '{provider}'{status_part}: {detail}. {self.hint}")
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        return f"Provider {self.cause()}. {self.hint}"
+
+    def cause(self) -> str:
+        """The provider, status and detail without the hint: ``'openai' (HTTP 503): ...``."""
+        status_part = f" (HTTP {self.status})" if self.status else ""
+        return f"'{self.provider}'{status_part}: {self.detail}"
 
     def default_hint(self) -> str:
-        return "Try again, or choose another provider with --provider."
+        return "Try again, or choose another provider."
 
 
 class AuthenticationError(ProviderError):
-    """The provider rejected the credentials (401/403) or none are configured."""
+    """The provider rejected the credentials (401/403) or none are configured.
+
+    Attributes:
+        key_var: the variable that holds the provider's key (``OPENAI_API_KEY``...), if known.
+    """
 
     code = "provider_authentication"
 
+    def __init__(
+        self, provider: str, detail: str, *, status: int | None = None, hint: str | None = None
+    ) -> None:
+        self.key_var = _KEY_VARS.get(provider)
+        super().__init__(provider, detail, status=status, hint=hint)
+
     def default_hint(self) -> str:
-        var = _KEY_VARS.get(self.provider)
-        where = f"Check {var}" if var else "Check the provider's API key"
-        return f"{where}, or choose another provider with --provider."
+        where = f"Check {self.key_var}" if self.key_var else "Check the provider's API key"
+        return f"{where}, or choose another provider."
+
+
+class MissingAPIKeyError(ConfigurationError):
+    """A provider that needs an API key has none configured.
+
+    Attributes:
+        provider: the provider's name.
+        key_var: the variable to set (``ANTHROPIC_API_KEY``...).
+        hint: what to do about it.
+    """
+
+    code = "missing_api_key"
+
+    def __init__(self, provider: str, key_var: str) -> None:
+        self.provider = provider
+        self.key_var = key_var
+        self.hint = f"Set {key_var} in .env or the environment, or choose another provider."
+        super().__init__(f"No API key for provider {provider!r}. {self.hint}")
 
 
 class RateLimitError(ProviderError):
@@ -121,13 +164,34 @@ class ProviderOverloadedError(ProviderError):
 
 
 class ProviderTimeoutError(ProviderError):
-    """The provider did not answer within the configured timeout."""
+    """The provider did not answer, or did not finish, within a configured time.
+
+    Attributes:
+        setting: the setting whose limit was reached: ``MODEL_TIMEOUT`` (a stalled
+            connection), ``MODEL_ATTEMPT_TIMEOUT`` (one attempt) or ``MODEL_CALL_TIMEOUT``
+            (the whole call, retries and failover included).
+        timeout: that limit in seconds, when known.
+    """
 
     code = "provider_timeout"
     retryable = True
 
+    def __init__(
+        self,
+        provider: str,
+        detail: str,
+        *,
+        setting: str = "MODEL_TIMEOUT",
+        timeout: float | None = None,
+        status: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.setting = setting
+        self.timeout = timeout
+        super().__init__(provider, detail, status=status, hint=hint)
+
     def default_hint(self) -> str:
-        return "Raise MODEL_TIMEOUT, check the network, or configure FALLBACK_PROVIDERS."
+        return f"Raise {self.setting}, check the network, or configure FALLBACK_PROVIDERS."
 
 
 class ProviderConnectionError(ProviderError):
@@ -160,21 +224,43 @@ class StreamError(ProviderError):
 
 
 class AllProvidersFailedError(ProviderError):
-    """Every provider in the failover chain failed for one request."""
+    """Every provider in the failover chain failed for one request.
+
+    The message states each provider's cause once, in the order they were tried:
+    ``Every provider failed: 1. openai (HTTP 503): ...; 2. anthropic: ...``.
+
+    Attributes:
+        errors: every failure, retries included, in order.
+        causes: the last failure of each provider, in the order the providers were tried.
+    """
 
     code = "all_providers_failed"
 
     def __init__(self, errors: list[ProviderError]) -> None:
         self.errors = errors
-        tried = "; ".join(str(e) for e in errors) or "no provider available"
+        # A dict keeps each key where it was first inserted and the value last assigned.
+        self.causes = list({e.provider: e for e in errors}.values())
         last = errors[-1] if errors else None
         self.retryable = bool(last and last.retryable)
+        if self.retryable:
+            hint = "Retry later, or add providers to FALLBACK_PROVIDERS."
+        else:
+            hint = "Fix the causes listed, or add providers to FALLBACK_PROVIDERS."
+        listed = "; ".join(
+            f"{n}. {e.provider}{f' (HTTP {e.status})' if e.status else ''}: {e.detail}"
+            for n, e in enumerate(self.causes, 1)
+        )
         super().__init__(
             last.provider if last else "none",
-            f"every provider failed: {tried}",
+            listed or "no provider was available",
             status=last.status if last else None,
-            hint="Fix the first error above, or add providers to FALLBACK_PROVIDERS.",
+            hint=hint,
         )
+
+    def _message(self) -> str:
+        if not self.errors:
+            return f"No model provider was available. {self.hint}"
+        return f"Every provider failed: {self.detail}. {self.hint}"
 
 
 _KEY_VARS = {
@@ -212,11 +298,27 @@ class ToolArgumentsError(ToolError):
 
 
 class ToolTimeoutError(ToolError):
+    """A tool call took longer than its timeout.
+
+    Attributes:
+        timeout: the limit in seconds.
+        thread_left_running: the tool is a sync function whose worker thread could not be
+            stopped (Python cannot stop threads); it may still be running, its result ignored.
+    """
+
     code = "tool_timeout"
 
-    def __init__(self, tool: str, timeout: float) -> None:
+    def __init__(self, tool: str, timeout: float, *, thread_left_running: bool = False) -> None:
         self.timeout = timeout
-        super().__init__(tool, f"did not finish within {timeout:g}s and was stopped")
+        self.thread_left_running = thread_left_running
+        if thread_left_running:
+            what = (
+                f"did not finish within {timeout:g}s; its result will be ignored, though its "
+                "thread may still be running (a thread cannot be stopped)"
+            )
+        else:
+            what = f"did not finish within {timeout:g}s and was cancelled"
+        super().__init__(tool, what)
 
 
 # --------------------------------------------------------------------------- runs and tasks
@@ -328,8 +430,19 @@ class CacheUnavailableError(StateCacheError):
         )
 
 
-class StorageUnavailableError(AgentTemplateError):
-    """The database could not be reached or refused the connection."""
+class StorageError(AgentTemplateError):
+    """The database (``DATABASE_URL``) failed; a subclass says how."""
+
+    code = "storage_error"
+
+
+class StorageUnavailableError(StorageError):
+    """The database could not be reached or refused the connection.
+
+    Attributes:
+        url: the database URL, without its password.
+        detail: the driver's one-line account of the failure.
+    """
 
     code = "storage_unavailable"
 
@@ -339,4 +452,47 @@ class StorageUnavailableError(AgentTemplateError):
         super().__init__(
             f"The database at DATABASE_URL={url} is unavailable: {detail}. Check that it is "
             "running and reachable and that the URL (user, host, port, database) is right."
+        )
+
+
+class StorageMigrationError(StorageError):
+    """The database answered, but bringing its schema up to date failed.
+
+    Attributes:
+        url: the database URL, without its password.
+        detail: the first line of the underlying error.
+    """
+
+    code = "storage_migration_failed"
+
+    def __init__(self, url: str, detail: str) -> None:
+        self.url = url
+        self.detail = detail
+        super().__init__(
+            f"Could not apply the schema migrations to the database at DATABASE_URL={url}: "
+            f"{detail}. Run `agent-template db upgrade` to see the details."
+        )
+
+
+class StoragePermissionError(StorageError):
+    """The SQLite database file, or its folder, cannot be created or written.
+
+    Attributes:
+        path: the database file.
+        folder: the folder it lives in.
+        detail: what the operating system or SQLite said.
+    """
+
+    code = "storage_permission_denied"
+
+    def __init__(self, path: str, detail: str) -> None:
+        from pathlib import Path
+
+        self.path = path
+        self.folder = str(Path(path).parent)
+        self.detail = detail
+        super().__init__(
+            f"Cannot write the SQLite database {path}: {detail}. Check that the folder "
+            f"{self.folder} exists and that this user may write to it, or point DATABASE_URL "
+            "elsewhere."
         )

@@ -18,6 +18,7 @@ from pydantic import BaseModel as BaseModelAlias
 from agent_template.agent import Agent
 from agent_template.core.metrics import Metrics, default_metrics
 from agent_template.core.scheduler import TaskScheduler
+from agent_template.core.stream_store import MemoryStreamStore, default_stream_store
 from agent_template.models import Message, SystemMessage, Task
 from agent_template.services.compressor import STATE_VERSION, CompactionResult, ContextCompressor
 from agent_template.services.session_manager import SessionManager
@@ -28,14 +29,25 @@ if TYPE_CHECKING:
     from agent_template.core.bus import EventBus
     from agent_template.core.hooks import HookRegistry
     from agent_template.core.run_loop import ModelClient
+    from agent_template.core.stream_store import StreamStore
     from agent_template.services.tool_manager import ToolLike
 
-__all__ = ["DEFAULT_INSTRUCTIONS", "AgentLoop", "ChatHandler"]
+__all__ = ["DEFAULT_INSTRUCTIONS", "AgentLoop", "ChatHandler", "stream_store"]
 
 log = logging.getLogger("agent_template.runtime")
 
 HOUSEKEEPING_PERIOD_S = 60.0  # how often a service looks for dead tasks and idle sessions
 DEFAULT_INSTRUCTIONS = "You are a helpful assistant. Use the tools you have when they help."
+
+
+def stream_store(settings: Settings) -> MemoryStreamStore:
+    """An in-process stream store with the retention the settings ask for."""
+    return MemoryStreamStore(
+        retain=settings.stream_retain_chunks,
+        retain_bytes=settings.stream_retain_bytes,
+        max_bytes=settings.stream_buffer_bytes,
+        linger_s=settings.stream_linger,
+    )
 
 
 class ChatHandler:
@@ -63,7 +75,8 @@ class ChatHandler:
         task_id = task.task_id
         save = checkpoint = None
         if session_id is not None:
-            await sessions.get_or_create(session_id, str(payload.get("user_id", "default")))
+            # The scheduler starts a session's runs one at a time: this is the history the
+            # previous run left.
             history = await sessions.get_context(session_id)
             compressor = self.agent.compressor
             known = await _restore_compaction(compressor, sessions, session_id)
@@ -85,6 +98,7 @@ class ChatHandler:
             history=history,
             session_id=session_id,
             task_id=task_id,
+            user_id=task.user_id,
             model=payload.get("model"),
             on_messages=save,
         )
@@ -116,14 +130,24 @@ async def _restore_compaction(
 class AgentLoop(TaskScheduler):
     """The task scheduler with a ``chat`` handler wired to a model, tools and sessions.
 
+    ``AgentLoop()`` with no arguments loads the settings once and builds everything from them;
+    an application's composition root passes what it built instead (``session_manager``,
+    ``streams``, ``bus``, ``metrics``), and owns it.
+
     Args:
         settings: configuration; read from the environment if omitted.
         model: the model for chat turns (a ``ModelManager`` from the settings by default).
-        session_manager: where chat history lives (the process's shared store by default).
+        session_manager: where chat history lives (the database of the settings by default).
         tools: tools chat turns may call.
         instructions: the system prompt of chat turns.
         todo_tools: offer the agent ``todo_write``/``todo_read`` for its session's plan.
-        metrics: where counters and histograms go (the process's metrics by default).
+        metrics: where counters and histograms go (the process's metrics by default); the
+            loop's gauges are collected until :meth:`stop`.
+        streams: where tasks' chunk streams live (the process's default store, which a
+            no-argument ``StreamGenerator()`` also serves, by default).
+
+    Raises:
+        ConfigurationError: a user tool is named like another tool or a built-in one.
     """
 
     def __init__(
@@ -139,19 +163,25 @@ class AgentLoop(TaskScheduler):
         max_concurrent_tasks: int | None = None,
         todo_tools: bool = True,
         metrics: Metrics | None = None,
+        streams: StreamStore | None = None,
         **kwargs: Any,
     ) -> None:
         if settings is None:
             from agent_template.config import load_settings
 
             settings = load_settings()
-        sessions = session_manager or SessionManager(settings)
+        self.metrics = metrics if metrics is not None else default_metrics()
+        self._owns_sessions = session_manager is None
+        sessions = session_manager or SessionManager(
+            settings, on_cache_fallback=self._cache_fell_back
+        )
         kwargs.setdefault("task_store", sessions.store)
         kwargs.setdefault("lease_s", settings.task_lease_seconds)
         super().__init__(
             max_concurrent_tasks=max_concurrent_tasks or settings.max_concurrent_tasks,
             bus=bus,
             hooks=hooks,
+            streams=streams if streams is not None else default_stream_store(),
             **kwargs,
         )
         self.settings = settings
@@ -179,10 +209,11 @@ class AgentLoop(TaskScheduler):
         )
         self.agent.compressor = self.compressor
         self._janitor: asyncio.Task[None] | None = None
-        self.metrics = metrics if metrics is not None else default_metrics()
         self.metrics.attach(self.bus)
-        gauges = weakref.WeakMethod(self._gauges)  # a finished loop is not kept alive by it
-        self.metrics.add_collector(lambda: (gauges() or dict)())
+        gauges = weakref.WeakMethod(self._gauges)  # the collector does not keep the loop alive
+        remove = self.metrics.add_collector(lambda: (gauges() or dict)())
+        # Removed at stop(), or when the loop is collected without being stopped.
+        self._remove_collector = weakref.finalize(self, remove)
         self.register_handler(
             "chat",
             ChatHandler(
@@ -190,15 +221,30 @@ class AgentLoop(TaskScheduler):
             ),
         )
 
+    def _cache_fell_back(self, reason: str) -> None:
+        self.metrics.inc("cache_fallbacks_total")
+
     async def create_task(self, spec: Any, **kwargs: Any) -> Task:
-        """Queue a task; a chat task's session is created first if it does not exist yet."""
+        """Queue a task. A chat task's session must be its user's: it is created for the user
+        if it does not exist yet; without a ``user_id`` the task acts as the session's owner
+        (trusted in-process callers only).
+
+        Raises:
+            SessionNotFoundError: the session is another user's, or it does not exist and the
+                task names no user to create it for.
+        """
+        is_task = isinstance(spec, Task)
         session_id = kwargs.get("session_id") or (
-            spec.session_id if isinstance(spec, Task) else spec.get("session_id")
+            spec.session_id if is_task else spec.get("session_id")
         )
-        task_type = spec.type if isinstance(spec, Task) else spec.get("type", "chat")
+        user_id = kwargs.get("user_id") or (spec.user_id if is_task else spec.get("user_id"))
+        task_type = spec.type if is_task else spec.get("type", "chat")
         if session_id and task_type == "chat":
-            user = "default" if isinstance(spec, Task) else str(spec.get("user_id", "default"))
-            await self.sessions.get_or_create(session_id, user)
+            if user_id is None:
+                session = await self.sessions.get_session(session_id)
+            else:
+                session = await self.sessions.get_or_create(session_id, str(user_id))
+            kwargs["user_id"] = session.user_id
         return await super().create_task(spec, **kwargs)
 
     async def start(self) -> None:
@@ -214,6 +260,20 @@ class AgentLoop(TaskScheduler):
             await asyncio.gather(self._janitor, return_exceptions=True)
             self._janitor = None
         await super().stop(deadline)
+        self._remove_collector()
+
+    async def aclose(self) -> None:
+        """Stop, then close what this loop built itself: its session store and model."""
+        await self.stop()
+        if self._owns_sessions:
+            await self.sessions.close()
+        await self.agent.aclose()
+
+    async def __aenter__(self) -> AgentLoop:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     async def _housekeeping(self) -> None:
         ttl = self.settings.session_ttl

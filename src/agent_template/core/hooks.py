@@ -4,8 +4,13 @@ Points: ``before_model_call`` (may return a rewritten :class:`ModelRequest`),
 ``after_model_call`` (sees the assistant message and usage), ``before_tool_call`` (may return a
 rewritten :class:`ToolCall` or a :class:`Veto`), ``after_tool_call`` (may return a rewritten
 :class:`ToolResultMessage`) and ``task_state`` (sees each task state change). A hook is global
-or scoped to a session or an agent. A hook that fails or exceeds its time limit is logged,
-counted and skipped: it never breaks a run.
+or scoped to a session or an agent.
+
+A hook that fails or exceeds its time limit is logged and counted. Hooks that observe or shape
+(every point but one) are then skipped: they never break a run. ``before_tool_call`` decides
+whether a call may run, so it fails closed: a failing or slow check refuses the call, and the
+model is told why. A hook is a quick check, not a wait for a person: asking a human is what
+approvals are for.
 """
 
 from __future__ import annotations
@@ -44,11 +49,12 @@ DEFAULT_HOOK_TIMEOUT_S = 5.0  # long enough for a network lookup, short enough n
 
 @dataclass(slots=True, frozen=True)
 class HookContext:
-    """Where a hook fires: which session, agent and task."""
+    """Where a hook fires: which session, agent, task and user."""
 
     session_id: str | None = None
     agent: str | None = None
     task_id: str | None = None
+    user_id: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -59,6 +65,15 @@ class Veto:
 
 
 HookFn: TypeAlias = Callable[..., Awaitable[Any]]
+
+
+class _Failed:
+    """What a hook call that failed or timed out returns, saying which and why."""
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
 
 
 @dataclass(slots=True)
@@ -141,19 +156,24 @@ class HookRegistry:
         ]
 
     async def _call(self, point: HookPoint, hook: _Hook, *args: Any) -> Any:
+        """The hook's answer, or a :class:`_Failed` saying why there is none."""
         hook.calls += 1
+        verdict = "refused the call" if point == "before_tool_call" else "skipped"
         try:
             async with asyncio.timeout(self.timeout):
                 return await hook.fn(*args)
         except TimeoutError:
             hook.timeouts += 1
             self.timeouts += 1
-            log.warning("hook %s at %s took over %.3gs; skipped", hook.name, point, self.timeout)
-        except Exception:  # a hook's bug must not break the run it observes
+            log.warning(
+                "hook %s at %s took over %.3gs; %s", hook.name, point, self.timeout, verdict
+            )
+            return _Failed(f"did not answer within {self.timeout:g}s")
+        except Exception as exc:  # a hook's bug must not break the run it observes
             hook.failures += 1
             self.failures += 1
-            log.exception("hook %s at %s failed; skipped", hook.name, point)
-        return None
+            log.exception("hook %s at %s failed; %s", hook.name, point, verdict)
+            return _Failed(f"failed with {type(exc).__name__}: {exc}")
 
     async def before_model_call(self, request: ModelRequest, ctx: HookContext) -> ModelRequest:
         for hook in self._hooks["before_model_call"]:
@@ -171,9 +191,19 @@ class HookRegistry:
                 await self._call("after_model_call", hook, message, usage, ctx)
 
     async def before_tool_call(self, call: ToolCall, ctx: HookContext) -> ToolCall | Veto:
+        """The call as the hooks leave it, or the first :class:`Veto`.
+
+        A check that fails or times out is a veto too (fail closed): a policy that cannot
+        answer must not let a call through.
+        """
         for hook in self._hooks["before_tool_call"]:
             if hook.applies(ctx):
                 changed = await self._call("before_tool_call", hook, call, ctx)
+                if isinstance(changed, _Failed):
+                    return Veto(
+                        f"the policy check {hook.name} {changed.why}, so the call was not "
+                        "run. Tell the user; do not retry it unchanged."
+                    )
                 if isinstance(changed, Veto):
                     return changed
                 if isinstance(changed, ToolCall):

@@ -42,6 +42,10 @@ DEFAULT_LATENCY_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 QUANTILES: tuple[tuple[str, float], ...] = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+# Distinct values a label fed from outside (a tool name the model chose) may take in one
+# metric; later ones are counted under OTHER_LABEL, so a model cannot grow the series unbounded.
+MAX_LABEL_VALUES = 100
+OTHER_LABEL = "_other"
 
 Collector = Callable[[], dict[str, float]]
 _LabelKey = tuple[tuple[str, str], ...]
@@ -111,6 +115,7 @@ class Metrics:
         self._collectors: list[Collector] = []
         self._failed_collectors: set[int] = set()
         self._attached: dict[int, Callable[[], None]] = {}  # bus id -> detach
+        self._label_values: dict[tuple[str, str], set[str]] = {}
 
     # ------------------------------------------------------------------ recording
 
@@ -214,6 +219,17 @@ class Metrics:
                 self._collectors.remove(fn)
 
         return remove
+
+    def bounded(self, metric: str, label: str, value: str) -> str:
+        """``value``, or :data:`OTHER_LABEL` once ``label`` of ``metric`` has had
+        :data:`MAX_LABEL_VALUES` distinct values: for labels whose values come from outside."""
+        seen = self._label_values.setdefault((metric, label), set())
+        if value in seen:
+            return value
+        if len(seen) >= MAX_LABEL_VALUES:
+            return OTHER_LABEL
+        seen.add(value)
+        return value
 
     # ------------------------------------------------------------------ reading
 
@@ -339,7 +355,8 @@ class Metrics:
                     self.inc("model_errors_total", provider=provider)
             case ToolExecFinished(vetoed=True):
                 self.inc("tool_vetoes_total")
-            case ToolExecFinished(name=tool, is_error=is_error, duration_ms=duration_ms):
+            case ToolExecFinished(name=name, is_error=is_error, duration_ms=duration_ms):
+                tool = self.bounded("tool", "tool", name)  # the model chose the name
                 self.observe("tool_latency_seconds", duration_ms / 1000, tool=tool)
                 if is_error:
                     self.inc("tool_errors_total", tool=tool)
@@ -351,7 +368,7 @@ class Metrics:
                 if self.add("streams_active", -1) < 0:
                     self.set("streams_active", 0)  # the stream started before attach
             case ErrorOccurred(code=code):
-                self.inc("errors_total", code=code)
+                self.inc("errors_total", code=self.bounded("errors_total", "code", code))
             case _:
                 pass
 

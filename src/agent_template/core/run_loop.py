@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -66,11 +66,15 @@ class RunConfig:
     model: str | None = None
     temperature: float | None = None
     max_tokens: int | None = None
+    # Other options of every request (ModelRequest fields: tool_choice, stop, top_p, seed,
+    # response_format, parallel_tool_calls).
+    model_settings: Mapping[str, Any] = field(default_factory=dict)
     context: Any = None  # handed to every tool call
     hooks: HookRegistry | None = None
     bus: EventBus | None = None
     session_id: str | None = None
-    task_id: str | None = None
+    task_id: str | None = None  # the task, or for a run outside the scheduler, its run id
+    user_id: str | None = None
     agent: str | None = None
     # Called with each batch of new messages before any consumer hears of them (the user
     # message first, then every assistant message and tool result, and partial output).
@@ -130,45 +134,58 @@ async def _run_tools(execute: Execute, calls: list[ToolCall]) -> list[ToolResult
         raise _PartialResults(done) from None
 
 
-def _executor(tools: ToolExecutor, config: RunConfig, hook_ctx: HookContext | None) -> Execute:
-    """The tool-call function for this run: bare, or with hooks and bus events around it."""
+def _executor(
+    tools: ToolExecutor, config: RunConfig, hook_ctx: HookContext | None
+) -> tuple[Execute, dict[str, float]]:
+    """The tool-call function for this run (bare, or with hooks and bus events around it),
+    and where it notes each call's own duration in milliseconds, by call id."""
     context = config.context
     hooks, bus = config.hooks, config.bus
+    durations: dict[str, float] = {}
     observed_hooks = hooks is not None and (
         hooks.has("before_tool_call") or hooks.has("after_tool_call")
     )
     if not observed_hooks and bus is None:
 
         async def bare(call: ToolCall) -> ToolResultMessage:
-            return await tools.execute(call, context)
+            t0 = time.perf_counter()
+            try:
+                return await tools.execute(call, context)
+            finally:
+                durations[call.id] = (time.perf_counter() - t0) * 1000
 
-        return bare
+        return bare, durations
     from agent_template.core.hooks import Veto
 
-    sid, tid = config.session_id, config.task_id
+    sid, tid, uid = config.session_id, config.task_id, config.user_id
 
     async def observed(call: ToolCall) -> ToolResultMessage:
-        vetoed = False
+        veto: Veto | None = None
         if hooks is not None and hook_ctx is not None:
             checked = await hooks.before_tool_call(call, hook_ctx)
             if isinstance(checked, Veto):
-                vetoed = True
+                veto = checked
             else:
                 call = checked
         if bus is not None:
             bus.publish(
-                ToolExecStarted(session_id=sid, task_id=tid, call_id=call.id, name=call.name)
+                ToolExecStarted(
+                    session_id=sid, task_id=tid, user_id=uid, call_id=call.id, name=call.name
+                )
             )
         t0 = time.perf_counter()
-        if vetoed:
+        if veto is not None:
             result = ToolResultMessage(
                 tool_call_id=call.id,
                 name=call.name,
-                content=f"The call was refused: {checked.reason}",  # type: ignore[union-attr]
+                content=f"The call was refused: {veto.reason}",
                 is_error=True,
             )
         else:
-            result = await tools.execute(call, context)
+            try:
+                result = await tools.execute(call, context)
+            finally:
+                durations[call.id] = (time.perf_counter() - t0) * 1000
             if hooks is not None and hook_ctx is not None:
                 result = await hooks.after_tool_call(call, result, hook_ctx)
         if bus is not None:
@@ -176,16 +193,17 @@ def _executor(tools: ToolExecutor, config: RunConfig, hook_ctx: HookContext | No
                 ToolExecFinished(
                     session_id=sid,
                     task_id=tid,
+                    user_id=uid,
                     call_id=call.id,
                     name=call.name,
-                    duration_ms=(time.perf_counter() - t0) * 1000,
+                    duration_ms=durations.get(call.id, 0.0),
                     is_error=result.is_error,
-                    vetoed=vetoed,
+                    vetoed=veto is not None,
                 )
             )
         return result
 
-    return observed
+    return observed, durations
 
 
 class _PartialResults(asyncio.CancelledError):
@@ -209,17 +227,47 @@ async def _persist(state: RunState, config: RunConfig) -> None:
         state.saved += len(batch)
 
 
-async def _persist_quietly(state: RunState, config: RunConfig) -> None:
-    """Persist on the way out of a cancelled run, without masking the cancellation."""
+async def _persist_quietly(state: RunState, config: RunConfig) -> AgentTemplateError | None:
+    """Persist on the way out of a cancelled or failed run; the failure, if any, is returned
+    (and logged) rather than raised, so it cannot mask the run's own outcome."""
     try:
         await _persist(state, config)
-    except Exception:
-        log.exception("could not persist the partial output of a cancelled run")
+    except Exception as exc:
+        log.error("could not store the partial output of a run", exc_info=exc)
+        return _storage_failure(exc)
+    return None
+
+
+class _CheckpointFailed(Exception):
+    """Saving the streaming answer failed: a storage error, not the model's."""
 
 
 def _close_partial(state: RunState, text: list[str], status: MessageStatus) -> None:
     if text:
         state.messages.append(AssistantMessage(content="".join(text), status=status))
+
+
+def _failed(
+    state: RunState, config: RunConfig, exc: AgentTemplateError, source: str
+) -> list[RunEvent]:
+    """End a run as failed: the events that say so, in order (``error`` then ``done``)."""
+    state.status, state.error = "failed", exc
+    bus = config.bus
+    if bus is not None:
+        bus.publish(
+            ErrorOccurred(
+                session_id=config.session_id,
+                task_id=config.task_id,
+                user_id=config.user_id,
+                code=exc.code,
+                message=str(exc),
+                source=source,
+            )
+        )
+    return [
+        ErrorEvent(code=exc.code, message=str(exc), retryable=_retryable(exc)),
+        DoneEvent(status="failed", usage=state.usage, turns=state.turns),
+    ]
 
 
 async def run_events(
@@ -230,9 +278,11 @@ async def run_events(
 ) -> AsyncIterator[RunEvent]:
     """Drive one run, yielding its events; ``state.messages`` must end with the user message.
 
-    Provider failures end the run with an ``error`` then a ``done`` event (status ``failed``);
-    cancellation (of the consuming task, or closing this iterator) keeps the partial answer,
-    marked ``cancelled``, with a result for every tool call so the history stays valid.
+    Provider failures end the run with an ``error`` then a ``done`` event (status ``failed``),
+    and so do storage failures (code ``storage_*``, never reported as the model's); the
+    partial answer is kept. Cancellation (of the consuming task, or closing this iterator)
+    keeps the partial answer, marked ``cancelled``, with a result for every tool call so the
+    history stays valid.
     """
     definitions = tools.definitions() if tools is not None else ()
     messages = state.messages
@@ -241,29 +291,35 @@ async def run_events(
     if hooks:
         from agent_template.core.hooks import HookContext
 
-        hook_ctx = HookContext(config.session_id, config.agent, config.task_id)
+        hook_ctx = HookContext(config.session_id, config.agent, config.task_id, config.user_id)
     else:
         hooks = None
-    execute = _executor(tools, config, hook_ctx) if tools is not None else None
-    sid, tid = config.session_id, config.task_id
+    execute, durations = _executor(tools, config, hook_ctx) if tools is not None else (None, {})
+    sid, tid, uid = config.session_id, config.task_id, config.user_id
     announce_calls = bus is not None and bus.wants("model_call_started")
     persist = config.on_messages is not None
     if persist:
-        await _persist(state, config)  # the user message, before anyone hears of the run
+        try:
+            await _persist(state, config)  # the user message, before anyone hears of the run
+        except Exception as caught:
+            for event in _failed(state, config, _storage_failure(caught), "storage"):
+                yield event
+            return
+    options: dict[str, Any] = {"temperature": config.temperature, "max_tokens": config.max_tokens}
+    options.update(config.model_settings)
     for turn in range(config.max_turns):
         request = ModelRequest(
             messages=messages,
             tools=definitions,
             model=config.model,
-            temperature=config.temperature,
-            max_tokens=config.max_tokens,
+            **options,
         )
         if config.prepare_request is not None:
             request = await config.prepare_request(request)
         if hooks is not None and hook_ctx is not None:
             request = await hooks.before_model_call(request, hook_ctx)
         if announce_calls:
-            bus.publish(ModelCallStarted(session_id=sid, task_id=tid, turn=turn))  # type: ignore[union-attr]
+            bus.publish(ModelCallStarted(session_id=sid, task_id=tid, user_id=uid, turn=turn))  # type: ignore[union-attr]
         t_model = time.perf_counter()
         text: list[str] = []
         usage = Usage()
@@ -277,7 +333,10 @@ async def run_events(
                 if kind is TextDelta:
                     text.append(event.text)  # type: ignore[union-attr]
                     if checkpoint is not None and time.monotonic() >= next_checkpoint:
-                        await checkpoint("".join(text))
+                        try:
+                            await checkpoint("".join(text))
+                        except Exception as caught:
+                            raise _CheckpointFailed() from caught
                         next_checkpoint = time.monotonic() + config.checkpoint_interval
                 elif kind is UsageEvent:
                     usage = usage + event.usage  # type: ignore[union-attr]
@@ -285,33 +344,38 @@ async def run_events(
                     finished = event  # type: ignore[assignment]
                     continue  # announced once the message is stored
                 yield event
+        except _CheckpointFailed as checkpoint_failed:
+            state.usage = state.usage + usage
+            _close_partial(state, text, "failed")
+            cause = checkpoint_failed.__cause__
+            error = _storage_failure(cause if isinstance(cause, Exception) else checkpoint_failed)
+            if persist:
+                await _persist_quietly(state, config)
+            for event in _failed(state, config, error, "storage"):
+                yield event
+            return
         except Exception as caught:
             # An unexpected exception (a provider bug, garbage the SDK could not parse) ends
             # the run the same way as a known provider failure: reported, partial kept.
             exc = caught if isinstance(caught, AgentTemplateError) else _unexpected(caught)
             state.usage = state.usage + usage
             _close_partial(state, text, "failed")
-            state.status, state.error = "failed", exc
             if persist:
-                await _persist(state, config)
+                await _persist_quietly(state, config)
             if bus is not None:
                 bus.publish(
                     ModelCallFinished(
                         session_id=sid,
                         task_id=tid,
+                        user_id=uid,
                         turn=turn,
                         provider=getattr(exc, "provider", None),
                         latency_ms=(time.perf_counter() - t_model) * 1000,
                         error=exc.code,
                     )
                 )
-                bus.publish(
-                    ErrorOccurred(
-                        session_id=sid, task_id=tid, code=exc.code, message=str(exc), source="model"
-                    )
-                )
-            yield ErrorEvent(code=exc.code, message=str(exc), retryable=_retryable(exc))
-            yield DoneEvent(status="failed", usage=state.usage, turns=state.turns)
+            for event in _failed(state, config, exc, "model"):
+                yield event
             return
         except BaseException:  # cancelled, or this iterator was closed
             state.usage = state.usage + usage
@@ -333,13 +397,18 @@ async def run_events(
         message = finished.message
         messages.append(message)
         if persist:
-            await _persist(state, config)
+            not_saved = await _persist_quietly(state, config)
+            if not_saved is not None:
+                for event in _failed(state, config, not_saved, "storage"):
+                    yield event
+                return
         yield finished
         if bus is not None:
             bus.publish(
                 ModelCallFinished(
                     session_id=sid,
                     task_id=tid,
+                    user_id=uid,
                     turn=turn,
                     provider=message.provider,
                     model=message.model,
@@ -351,13 +420,12 @@ async def run_events(
             await hooks.after_model_call(message, usage, hook_ctx)
         calls = message.tool_calls
         if not calls:
-            state.output = message.content
+            state.output = message.text
             state.status = "completed"
             yield DoneEvent(
-                status="completed", output=message.content, usage=state.usage, turns=state.turns
+                status="completed", output=state.output, usage=state.usage, turns=state.turns
             )
             return
-        t0 = time.perf_counter()
         try:
             if execute is not None:
                 results = await _run_tools(execute, calls)
@@ -376,22 +444,35 @@ async def run_events(
             if persist:
                 await _persist_quietly(state, config)
             raise
-        elapsed_ms = (time.perf_counter() - t0) * 1000
         messages.extend(results)  # all at once: a consumer that stops early loses none
         if persist:
-            await _persist(state, config)
+            not_saved = await _persist_quietly(state, config)
+            if not_saved is not None:
+                for event in _failed(state, config, not_saved, "storage"):
+                    yield event
+                return
         for result in results:
             yield ToolResultEvent(
                 call_id=result.tool_call_id,
                 name=result.name,
-                content=result.content,
+                content=result.text,
                 is_error=result.is_error,
-                duration_ms=elapsed_ms,
+                duration_ms=durations.pop(result.tool_call_id, 0.0),
             )
-    error = MaxTurnsExceededError(config.max_turns)
-    state.status, state.error = "failed", error
-    yield ErrorEvent(code=error.code, message=str(error))
-    yield DoneEvent(status="failed", usage=state.usage, turns=state.turns)
+    for event in _failed(state, config, MaxTurnsExceededError(config.max_turns), "run"):
+        yield event
+
+
+def _storage_failure(exc: BaseException) -> AgentTemplateError:
+    """A failure to store the run's messages, as the error the run ends with."""
+    if isinstance(exc, AgentTemplateError):
+        return exc
+    error = AgentTemplateError(
+        f"The conversation could not be saved ({type(exc).__name__}: {exc}). The answer so far "
+        "is kept in memory only; check the database and retry."
+    )
+    error.code = "storage_error"
+    return error
 
 
 def _unexpected(exc: Exception) -> AgentTemplateError:

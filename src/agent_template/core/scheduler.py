@@ -1,35 +1,46 @@
-"""TaskScheduler: the scheduler that runs tasks by priority within a concurrency limit.
+"""TaskScheduler: runs tasks by priority within a concurrency limit, one run per session.
 
 Tasks (a chat turn, a tool call, a subagent run, a summarisation) are created with a priority
-and started by :meth:`TaskScheduler._dispatch` whenever a slot frees, never exceeding
-``max_concurrent_tasks``. Within a priority the order is FIFO; a task's effective priority
-grows with its waiting time (one level per ``aging_s``), so a stream of urgent work cannot
-starve low-priority tasks. Every state change is published on the event bus.
+and started whenever a slot frees, never exceeding ``max_concurrent_tasks``. Within a priority
+the order is FIFO; a task's effective priority grows with its waiting time (one level per
+``aging_s``), so a stream of urgent work cannot starve low-priority tasks.
+
+Tasks of the types in ``session_kinds`` (chat turns) run one at a time per session, in the
+order they were created: a later one waits, announced as queued, without holding a slot. With a
+store that leases sessions (:class:`SessionLeases`), this holds across every process sharing the
+database. A task that waits for another (a parent waiting for its child) lends its slot while
+it waits, so children cannot be starved by their parents; ending a task cancels its live
+descendants.
 
 What a task does is decided by the handler registered for its ``type``: an async function that
-returns a result, or an async generator of events that are published on the task's
-:class:`~agent_template.core.stream_gen.ChunkStream` (the run loop's events, for a chat turn).
+returns a result, or an async generator of events. Every task has a stream of numbered chunks
+in the :class:`~agent_template.core.stream_store.StreamStore` under its id: the handler's events,
+then always its outcome (an ``error`` chunk when it failed, and a final ``done`` chunk with the
+task's status). Every state change is recorded in the task store and published on the bus.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 from pydantic import BaseModel
 
-from agent_template.core.stream_gen import ChunkStream
 from agent_template.errors import AgentTemplateError, ConfigurationError, TaskNotFoundError
 from agent_template.models import (
     DoneEvent,
     ErrorEvent,
+    RunQueued,
+    RunStatus,
     Task,
     TaskPriority,
+    TaskQueued,
     TaskState,
     TaskStateChanged,
     TextDelta,
@@ -38,29 +49,65 @@ from agent_template.models import (
 if TYPE_CHECKING:
     from agent_template.core.bus import EventBus
     from agent_template.core.hooks import HookRegistry
+    from agent_template.core.stream_gen import ChunkStream, ConsumerPolicy, StreamConsumer
+    from agent_template.core.stream_store import StreamStore
 
-__all__ = ["TaskHandler", "TaskScheduler", "TaskStore"]
+__all__ = ["SessionLeases", "TaskHandler", "TaskScheduler", "TaskStore"]
 
 
 class TaskStore(Protocol):
-    """Where task states are recorded; a running task holds a lease this process renews."""
+    """Where task states are recorded; a live task holds a lease this process renews."""
 
     async def record_task(self, task: Task, lease_until: float | None) -> None: ...
     async def renew_leases(self, task_ids: Iterable[str], until: float) -> None: ...
 
 
+@runtime_checkable
+class SessionLeases(Protocol):
+    """A session's run lease in shared storage: one holder at a time, across processes."""
+
+    async def acquire_run(
+        self, session_id: str, task_id: str, until: float, *, kinds: Iterable[str] = ...
+    ) -> bool: ...
+    async def release_run(self, session_id: str, task_id: str) -> None: ...
+    async def run_holder(self, session_id: str) -> str | None: ...
+
+
 # A handler returns events (an async iterator, possibly from a coroutine) or a result.
 TaskHandler: TypeAlias = Callable[[Task], AsyncIterator[BaseModel] | Awaitable[Any]]
 
-log = logging.getLogger("agent_template.agent_loop")
+log = logging.getLogger("agent_template.scheduler")
 
 DEFAULT_AGING_S = 10.0  # a waiting task gains one priority level per this many seconds
-DEFAULT_LEASE_S = 15.0  # a crashed process's running tasks are known dead this long after
+DEFAULT_LEASE_S = 15.0  # a crashed process's tasks are known dead this long after
 DEFAULT_SHUTDOWN_S = 10.0
-FINISHED_KEPT = 10_000  # finished tasks kept for get/list before the oldest are forgotten
-STREAMS_KEPT = 1_000  # finished tasks whose chunks stay resumable, newest first
-STREAM_LINGER_S = 300.0  # and for at most this long after the task finished
+# Finished tasks kept in memory for get/list/wait, oldest forgotten first (the task store
+# keeps their records). As many as a stream store keeps finished streams, by default.
+FINISHED_KEPT = 1_000
+SESSION_POLL_S = (0.02, 1.0)  # first and longest wait between tries for a session held elsewhere
 _YIELD_EVERY = 64  # events between forced yields, so a fast producer cannot starve readers
+_FINAL_STATUS: dict[TaskState, RunStatus] = {
+    TaskState.COMPLETED: "completed",
+    TaskState.FAILED: "failed",
+    TaskState.CANCELLED: "cancelled",
+    TaskState.INTERRUPTED: "interrupted",
+}
+
+_running_task: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "agent_template_running_task", default=None
+)
+
+
+class _Line:
+    """The tasks of one session that run one at a time: the holder, then the waiting."""
+
+    __slots__ = ("admission", "holder", "leased", "waiting")
+
+    def __init__(self, holder: Task) -> None:
+        self.holder: Task | None = holder
+        self.leased = False  # the holder has the store's lease (to release at its end)
+        self.waiting: deque[Task] = deque()
+        self.admission: asyncio.Task[None] | None = None  # polling for a lease held elsewhere
 
 
 class TaskScheduler:
@@ -72,9 +119,13 @@ class TaskScheduler:
         bus: where task state changes go; the process's default bus if omitted.
         hooks: ``task_state`` hooks are called on every change.
         aging_s: seconds of waiting that raise a task's effective priority by one level.
-        retain_chunks: chunks each task's stream keeps for late readers.
-        task_store: records every state change; running tasks hold a lease renewed every
-            third of ``lease_s``, so another process can tell a crash from a long task.
+        streams: where each task's stream of chunks lives; a store of its own if omitted.
+        task_store: records every state change; live tasks hold a lease renewed every third
+            of ``lease_s``, so another process can tell a crash from a long task.
+        session_leases: leases sessions across processes (by default ``task_store`` when it
+            can); without one, runs are one per session within this process only.
+        session_kinds: task types that run one at a time per session.
+        keep_finished: finished tasks kept in memory for :meth:`get_task` and the like.
     """
 
     def __init__(
@@ -85,9 +136,12 @@ class TaskScheduler:
         bus: EventBus | None = None,
         hooks: HookRegistry | None = None,
         aging_s: float = DEFAULT_AGING_S,
-        retain_chunks: int = 10_000,
+        streams: StreamStore | None = None,
         task_store: TaskStore | None = None,
+        session_leases: SessionLeases | None = None,
         lease_s: float = DEFAULT_LEASE_S,
+        session_kinds: Iterable[str] = ("chat",),
+        keep_finished: int = FINISHED_KEPT,
     ) -> None:
         if max_concurrent_tasks < 1:
             raise ConfigurationError("MAX_CONCURRENT_TASKS must be at least 1.")
@@ -95,24 +149,39 @@ class TaskScheduler:
             from agent_template.core.bus import default_bus
 
             bus = default_bus()
+        if streams is None:
+            from agent_template.core.stream_store import MemoryStreamStore
+
+            streams = MemoryStreamStore()
         self.bus = bus
         self.hooks = hooks
+        self.streams = streams
         self.max_concurrent_tasks = max_concurrent_tasks
         self.aging_s = aging_s
-        self.retain_chunks = retain_chunks
+        self.task_store = task_store
+        if session_leases is None and isinstance(task_store, SessionLeases):
+            session_leases = task_store
+        self.session_leases = session_leases
+        self.lease_s = lease_s
+        self.session_kinds = frozenset(session_kinds)
+        self.keep_finished = keep_finished
         self._handlers: dict[str, TaskHandler] = dict(handlers or {})
         self._tasks: dict[str, Task] = {}
+        self._live_streams: dict[str, ChunkStream] = {}
         self._finished: deque[str] = deque()
-        self._kept_streams: deque[Task] = deque()
         self._pending: dict[int, deque[Task]] = {int(p): deque() for p in TaskPriority}
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._lines: dict[str, _Line] = {}
+        self._children: dict[str, set[str]] = {}
+        self._done: dict[str, asyncio.Event] = {}
+        self._blocked = 0  # running tasks waiting for another task: their slots are lent
+        self._lent: dict[str, int] = {}  # such a waiting task -> how many waits it has
+        self._waits: dict[str, list[str]] = {}  # task id -> running tasks waiting for it
         self._accepting = True
         self._idle: asyncio.Event | None = None
+        self._renewer: asyncio.Task[None] | None = None
         self.peak_running = 0
         self.chunks_dropped = 0  # by finished tasks' streams, for slow consumers
-        self.task_store = task_store
-        self.lease_s = lease_s
-        self._renewer: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ handlers
 
@@ -131,14 +200,17 @@ class TaskScheduler:
         *,
         priority: TaskPriority | int | None = None,
         session_id: str | None = None,
+        user_id: str | None = None,
     ) -> Task:
-        """Queue a task and return it; it starts when a slot is free.
+        """Queue a task and return it; it starts when a slot (and its session) is free.
 
         ``spec`` is a :class:`Task` or a mapping with ``type`` (default ``chat``), optional
-        ``priority``, ``session_id`` and ``parent_id``; other keys become the payload.
+        ``priority``, ``session_id``, ``user_id`` and ``parent_id``; other keys become the
+        payload. A child task (``parent_id``) belongs to its parent's user.
 
         Raises:
             ConfigurationError: no handler for the task type, or the loop is shutting down.
+            TaskNotFoundError: ``parent_id`` names no task of this scheduler (or of the user).
         """
         if not self._accepting:
             raise ConfigurationError("The agent loop is shutting down and takes no new tasks.")
@@ -147,71 +219,282 @@ class TaskScheduler:
             task.priority = TaskPriority(priority)
         if session_id is not None:
             task.session_id = session_id
+        if user_id is not None:
+            task.user_id = user_id
         if task.type not in self._handlers:
             known = ", ".join(sorted(self._handlers)) or "none"
             raise ConfigurationError(
                 f"No handler for task type {task.type!r}; registered types: {known}."
             )
-        task._stream = ChunkStream(task.task_id, retain=self.retain_chunks)
+        if task.parent_id is not None:
+            parent = self.get_task(task.parent_id, user_id=task.user_id)
+            task.user_id = task.user_id or parent.user_id
+            self._children.setdefault(parent.task_id, set()).add(task.task_id)
+        self._live_streams[task.task_id] = self.streams.create(
+            task.task_id,
+            user_id=task.user_id,
+            session_id=task.session_id,
+            task_id=task.task_id,
+            parent_id=task.parent_id,
+        )
         self._tasks[task.task_id] = task
-        self._pending[int(task.priority)].append(task)
         await self._changed(task, None)
-        self._dispatch()
+        sid = task.session_id
+        if sid is None or task.type not in self.session_kinds:
+            self._enqueue(task)
+            return task
+        line = self._lines.get(sid)
+        if line is None:
+            self._lines[sid] = line = _Line(task)
+            await self._admit(line, task)
+        elif self._runs_under(task, line.holder):
+            self._enqueue(task)  # a child of the session's run works within that run
+        else:
+            line.waiting.append(task)
+            self._queued(task, ahead=len(line.waiting), holder=line.holder)
         return task
 
-    def get_task(self, task_id: str) -> Task:
-        try:
-            return self._tasks[task_id]
-        except KeyError:
-            raise TaskNotFoundError(task_id) from None
+    def get_task(self, task_id: str, *, user_id: str | None = None) -> Task:
+        """Raises TaskNotFoundError, also for another user's task (existence does not leak)."""
+        task = self._tasks.get(task_id)
+        if task is None or (user_id is not None and task.user_id not in (None, user_id)):
+            raise TaskNotFoundError(task_id)
+        return task
 
     def list_tasks(
         self,
         *,
+        user_id: str | None = None,
         session_id: str | None = None,
+        parent_id: str | None = None,
         state: TaskState | str | Iterable[TaskState | str] | None = None,
     ) -> list[Task]:
-        """Tasks, oldest first, filtered by session and state."""
+        """Tasks, oldest first, filtered by user, session, parent and state."""
         states: set[str] | None = None
         if state is not None:
             states = {str(state)} if isinstance(state, str) else {str(s) for s in state}
         return [
             t
             for t in self._tasks.values()
-            if (session_id is None or t.session_id == session_id)
+            if (user_id is None or t.user_id == user_id)
+            and (session_id is None or t.session_id == session_id)
+            and (parent_id is None or t.parent_id == parent_id)
             and (states is None or t.state.value in states)
         ]
 
-    async def cancel_task(self, task_id: str) -> Task:
-        """Cancel a task: a pending one never starts; a running one stops promptly."""
-        task = self.get_task(task_id)
-        if task.state is TaskState.PENDING:
-            self._pending[int(task.priority)].remove(task)
-            await self._finish(task, TaskState.CANCELLED)
-            self._dispatch()
-        elif task.state is TaskState.RUNNING:
-            runner = self._running.get(task_id)
-            if runner is not None:
-                runner.cancel()
-                await asyncio.wait([runner])
+    def subscribe(
+        self,
+        task_id: str,
+        *,
+        user_id: str | None = None,
+        after_seq: int | None = None,
+        policy: ConsumerPolicy | None = None,
+    ) -> StreamConsumer:
+        """A consumer of the task's chunks after ``after_seq`` (every retained one by default).
+
+        Raises:
+            StreamNotFoundError: no such task's stream, another user's, or released already.
+        """
+        return self.streams.subscribe(task_id, after_seq=after_seq, policy=policy, user_id=user_id)
+
+    async def cancel_task(self, task_id: str, *, user_id: str | None = None) -> Task:
+        """Cancel a task and its descendants: a waiting one never starts, a running one stops
+        promptly (keeping what it produced)."""
+        task = self.get_task(task_id, user_id=user_id)
+        if task.done:
+            return task
+        runner = self._running.get(task_id)
+        if runner is not None:
+            runner.cancel()
+            await asyncio.wait([runner])
+            if not task.done:  # cancelled before its first step: it never cleaned up
+                self._running.pop(task_id, None)
+                await self._finish(task, TaskState.CANCELLED)
+                self._dispatch()
+            return task
+        self._withdraw(task)
+        await self._finish(task, TaskState.CANCELLED)
+        self._dispatch()
         return task
 
-    async def wait(self, task_id: str) -> Task:
-        """Wait until the task reaches a final state (wrap in ``asyncio.timeout`` to bound it)."""
-        task = self.get_task(task_id)
-        if not task.done and task.stream is not None:
-            await task.stream.wait_closed()
+    def _withdraw(self, task: Task) -> None:
+        """Take a task that has not started out of every queue it waits in."""
+        queue = self._pending[int(task.priority)]
+        if task in queue:
+            queue.remove(task)
+            return
+        line = self._lines.get(task.session_id or "")
+        if line is None:
+            return
+        if task in line.waiting:
+            line.waiting.remove(task)
+            if line.holder is None and not line.waiting:
+                del self._lines[task.session_id or ""]
+        elif line.holder is task and line.admission is not None:
+            line.admission.cancel()
+            line.admission = None
+
+    async def wait(self, task_id: str, *, user_id: str | None = None) -> Task:
+        """Wait until the task reaches a final state (wrap in ``asyncio.timeout`` to bound it).
+
+        Called from a running task (a parent waiting for its child), that task's slot is lent
+        to others until the awaited task ends.
+        """
+        task = self.get_task(task_id, user_id=user_id)
+        if task.done:
+            return task
+        done = self._done.get(task_id)
+        if done is None:
+            done = self._done[task_id] = asyncio.Event()
+        waiter = _running_task.get()
+        lends = waiter is not None and waiter in self._running and waiter != task_id
+        if lends:
+            self._lend(waiter, task_id)  # type: ignore[arg-type]
+            self._dispatch()
+        try:
+            await done.wait()
+        finally:
+            if lends and not task.done:  # the waiter gave up first: it takes its slot back
+                self._waits[task_id].remove(waiter)  # type: ignore[arg-type]
+                self._unlend(waiter)  # type: ignore[arg-type]
         return task
+
+    def _lend(self, waiter: str, awaited: str) -> None:
+        """``waiter`` (running) waits for ``awaited``: its slot is free for others meanwhile."""
+        count = self._lent.get(waiter, 0)
+        self._lent[waiter] = count + 1
+        if not count:
+            self._blocked += 1
+        self._waits.setdefault(awaited, []).append(waiter)
+
+    def _unlend(self, waiter: str) -> None:
+        count = self._lent.pop(waiter) - 1
+        if count:
+            self._lent[waiter] = count
+        else:
+            self._blocked -= 1
+
+    # ------------------------------------------------------------------ sessions
+
+    def _runs_under(self, task: Task, holder: Task | None) -> bool:
+        """Whether ``holder`` is an ancestor of ``task``."""
+        parent_id = task.parent_id
+        while parent_id is not None and holder is not None:
+            if parent_id == holder.task_id:
+                return True
+            parent = self._tasks.get(parent_id)
+            parent_id = parent.parent_id if parent is not None else None
+        return False
+
+    async def _admit(self, line: _Line, task: Task) -> None:
+        """Give ``task`` its session (it heads the line) and queue it for a slot."""
+        leases, sid = self.session_leases, task.session_id
+        if leases is None or sid is None:
+            self._enqueue(task)
+            return
+        try:
+            acquired = await leases.acquire_run(
+                sid, task.task_id, time.time() + self.lease_s, kinds=self.session_kinds
+            )
+        except Exception as exc:
+            await self._fail_unstarted(task, exc)
+            return
+        if acquired:
+            line.leased = True
+            self._enqueue(task)
+            return
+        holder = None
+        try:
+            holder = await leases.run_holder(sid)
+        except Exception:  # only for the announcement; waiting goes on regardless
+            log.debug("could not read the holder of session %s", sid, exc_info=True)
+        self._queued(task, ahead=0, holder=holder)
+        line.admission = asyncio.create_task(
+            self._await_lease(line, task, leases, sid), name=f"session {sid} for {task.task_id}"
+        )
+
+    async def _await_lease(self, line: _Line, task: Task, leases: SessionLeases, sid: str) -> None:
+        """Try for a session held by another process until it is free (or we are cancelled)."""
+        delay, longest = SESSION_POLL_S
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, longest)
+                if await leases.acquire_run(
+                    sid, task.task_id, time.time() + self.lease_s, kinds=self.session_kinds
+                ):
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            line.admission = None
+            await self._fail_unstarted(task, exc)
+            return
+        line.admission = None
+        line.leased = True
+        self._enqueue(task)
+        self._dispatch()
+
+    async def _fail_unstarted(self, task: Task, exc: Exception) -> None:
+        """A task that could not get its session (storage trouble) fails with the cause."""
+        message = str(exc) or type(exc).__name__
+        task.error = message
+        code = exc.code if isinstance(exc, AgentTemplateError) else "storage_error"
+        await self._finish(task, TaskState.FAILED, error=ErrorEvent(code=code, message=message))
+        self._dispatch()
+
+    async def _next_in_line(self, task: Task) -> None:
+        """``task`` left its session's line (it ended): the next waiting task takes it."""
+        sid = task.session_id
+        line = self._lines.get(sid or "")
+        if line is None or line.holder is not task:
+            return
+        if line.leased and self.session_leases is not None and sid is not None:
+            line.leased = False
+            try:
+                await self.session_leases.release_run(sid, task.task_id)
+            except Exception:  # the lease expires by itself; the next run waits for that
+                log.warning("could not release session %s; its lease will expire", sid)
+        line.holder = None
+        while line.waiting and self._accepting:
+            nxt = line.waiting.popleft()
+            if nxt.done:
+                continue
+            line.holder = nxt
+            await self._admit(line, nxt)
+            return
+        if not line.waiting:
+            del self._lines[sid or ""]
+
+    def _queued(self, task: Task, *, ahead: int, holder: Task | str | None) -> None:
+        holder_id = holder.task_id if isinstance(holder, Task) else holder
+        self._live_streams[task.task_id].publish(RunQueued(ahead=ahead, holder=holder_id))
+        self.bus.publish(
+            TaskQueued(
+                session_id=task.session_id,
+                task_id=task.task_id,
+                user_id=task.user_id,
+                ahead=ahead,
+                holder=holder_id,
+            )
+        )
 
     # ------------------------------------------------------------------ scheduling
 
     @property
     def pending_count(self) -> int:
-        return sum(len(q) for q in self._pending.values())
+        """Tasks waiting for a slot or for their session."""
+        waiting = sum(len(line.waiting) for line in self._lines.values())
+        admitting = sum(1 for line in self._lines.values() if line.admission is not None)
+        return sum(len(q) for q in self._pending.values()) + waiting + admitting
 
     @property
     def running_count(self) -> int:
         return len(self._running)
+
+    def _enqueue(self, task: Task) -> None:
+        self._pending[int(task.priority)].append(task)
+        self._dispatch()
 
     def _next(self) -> Task | None:
         """The waiting task with the highest priority, counting one level per ``aging_s``."""
@@ -229,21 +512,26 @@ class TaskScheduler:
         return best
 
     def _dispatch(self) -> None:
-        while len(self._running) < self.max_concurrent_tasks:
+        running = self._running
+        while len(running) - self._blocked < self.max_concurrent_tasks:
             task = self._next()
             if task is None:
                 break
             task.state, task.started_at = TaskState.RUNNING, time.time()  # visible at once
-            runner = asyncio.create_task(self._execute(task), name=f"task {task.task_id}")
-            self._running[task.task_id] = runner
-        self.peak_running = max(self.peak_running, len(self._running))
-        if self._idle is not None and not self._running and not self.pending_count:
+            running[task.task_id] = asyncio.create_task(
+                self._execute(task), name=f"task {task.task_id}"
+            )
+        self.peak_running = max(self.peak_running, len(running) - self._blocked)
+        if self._idle is not None and not running and not self.pending_count:
             self._idle.set()
 
     async def _execute(self, task: Task) -> None:
-        stream: ChunkStream = task.stream
+        _running_task.set(task.task_id)  # this asyncio task's own context
+        stream = self._live_streams[task.task_id]
         state = TaskState.COMPLETED
         outcome: Any = None
+        done: DoneEvent | None = None
+        error: ErrorEvent | None = None
         try:
             await self._announce(task, TaskState.PENDING)
             outcome = self._handlers[task.type](task)
@@ -255,7 +543,6 @@ class TaskScheduler:
                 publish = stream.publish
                 n = 0
                 async for event in outcome:
-                    publish(event)
                     kind = type(event)
                     if kind is TextDelta:
                         n += 1
@@ -263,44 +550,82 @@ class TaskScheduler:
                             n = 0
                             await asyncio.sleep(0)
                     elif kind is DoneEvent:
+                        done = event  # published last, with the task's final status
                         task.result = event.output
                         if event.status != "completed":
                             state = TaskState(event.status)
+                        continue
                     elif kind is ErrorEvent:
                         task.error = event.message
+                    publish(event)
         except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()  # handled here: the task ends cancelled
             state = TaskState.INTERRUPTED if not self._accepting else TaskState.CANCELLED
             if outcome is not None and hasattr(outcome, "aclose"):
                 await outcome.aclose()  # stops the model stream and tools, keeps the partial
-        except AgentTemplateError as exc:
-            state, task.error = TaskState.FAILED, str(exc)
-        except Exception as exc:  # a handler's bug fails its task, not the loop
-            state, task.error = TaskState.FAILED, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a handler's failure fails its task, not the loop
+            state = TaskState.FAILED
+            if isinstance(exc, AgentTemplateError):
+                code, task.error = exc.code, str(exc)
+            else:
+                log.error("task %s (%s) failed", task.task_id, task.type, exc_info=exc)
+                code, task.error = "task_failed", f"{type(exc).__name__}: {exc}"
+            error = ErrorEvent(code=code, message=task.error)
         finally:
             self._running.pop(task.task_id, None)
-        await self._finish(task, state)
+        await self._finish(task, state, done=done, error=error)
         self._dispatch()
 
-    async def _finish(self, task: Task, state: TaskState) -> None:
+    async def _finish(
+        self,
+        task: Task,
+        state: TaskState,
+        *,
+        done: DoneEvent | None = None,
+        error: ErrorEvent | None = None,
+    ) -> None:
+        """Record the outcome, free the session, end the stream, then the descendants."""
         task.finished_at = time.time()
-        await self._changed(task, state)
-        task.stream.close()
-        self.chunks_dropped += task.stream.dropped
-        self._finished.append(task.task_id)
-        while len(self._finished) > FINISHED_KEPT:
-            self._tasks.pop(self._finished.popleft(), None)
-        self._release_streams(task)
+        stream = self._live_streams.pop(task.task_id, None)
+        try:
+            await self._changed(task, state)
+            await self._next_in_line_safely(task)
+        finally:
+            if stream is not None:
+                status = _FINAL_STATUS[state]
+                final = (
+                    done.model_copy(update={"status": status})
+                    if done is not None
+                    else DoneEvent(status=status, output=task.result if _is_text(task) else "")
+                )
+                stream.end(final, error=error)
+                self.chunks_dropped += stream.dropped
+            for waiter in self._waits.pop(task.task_id, ()):
+                self._unlend(waiter)  # it resumes: its slot is its own again
+            event = self._done.pop(task.task_id, None)
+            if event is not None:
+                event.set()
+            self._finished.append(task.task_id)
+            while len(self._finished) > self.keep_finished:
+                gone = self._finished.popleft()
+                self._tasks.pop(gone, None)
+                self._children.pop(gone, None)
+        if not self._live_streams and self._renewer is not None:
+            self._renewer.cancel()  # nothing left to renew; do not wait for its next tick
+            self._renewer = None
+        for child_id in self._children.pop(task.task_id, ()):
+            child = self._tasks.get(child_id)
+            if child is not None and not child.done:
+                await self.cancel_task(child_id)
 
-    def _release_streams(self, finished: Task) -> None:
-        """Let go of old finished tasks' chunks: memory stays bounded however long we run.
-
-        Readers already attached keep their stream; only new joins are refused then.
-        """
-        kept = self._kept_streams
-        kept.append(finished)
-        cutoff = time.time() - STREAM_LINGER_S
-        while kept and (len(kept) > STREAMS_KEPT or (kept[0].finished_at or 0) < cutoff):
-            kept.popleft()._stream = None
+    async def _next_in_line_safely(self, task: Task) -> None:
+        if task.session_id is not None and task.session_id in self._lines:
+            try:
+                await self._next_in_line(task)
+            except Exception:  # the next run then waits for the lease to expire
+                log.exception("session %s: could not start its next run", task.session_id)
 
     async def _changed(self, task: Task, state: TaskState | None) -> None:
         previous = None
@@ -310,19 +635,20 @@ class TaskScheduler:
 
     async def _announce(self, task: Task, previous: TaskState | None) -> None:
         if self.task_store is not None and task.session_id is not None:
-            running = task.state is TaskState.RUNNING
+            live = not task.done
             try:
                 await self.task_store.record_task(
-                    task, time.time() + self.lease_s if running else None
+                    task, time.time() + self.lease_s if live else None
                 )
             except Exception:  # the run goes on; the next state change records it again
                 log.exception("could not record task %s as %s", task.task_id, task.state)
-            if running and self._renewer is None:
+            if live and self._renewer is None:
                 self._renewer = asyncio.create_task(self._renew_leases(), name="task leases")
         self.bus.publish(
             TaskStateChanged(
                 session_id=task.session_id,
                 task_id=task.task_id,
+                user_id=task.user_id,
                 task=task.model_copy(),
                 previous=previous,
             )
@@ -330,23 +656,28 @@ class TaskScheduler:
         if self.hooks is not None and self.hooks.has("task_state"):
             from agent_template.core.hooks import HookContext
 
-            await self.hooks.task_state(task, HookContext(task.session_id, None, task.task_id))
+            await self.hooks.task_state(
+                task, HookContext(task.session_id, None, task.task_id, task.user_id)
+            )
+
+    def _live_ids(self) -> list[str]:
+        return [t for t in self._live_streams if t in self._tasks]
 
     async def _renew_leases(self) -> None:
-        """Extend the leases of running tasks until none is left."""
+        """Extend the leases of live tasks (and the sessions they hold) until none is left."""
         assert self.task_store is not None
         try:
-            while self._running:
+            while self._live_streams:
                 await asyncio.sleep(self.lease_s / 3)
-                if self._running:
+                live = self._live_ids()
+                if live:
                     try:
-                        await self.task_store.renew_leases(
-                            list(self._running), time.time() + self.lease_s
-                        )
+                        await self.task_store.renew_leases(live, time.time() + self.lease_s)
                     except Exception:  # retried at the next tick, well before expiry
                         log.exception("could not renew task leases")
         finally:
-            self._renewer = None
+            if self._renewer is asyncio.current_task():
+                self._renewer = None
 
     # ------------------------------------------------------------------ service
 
@@ -369,18 +700,30 @@ class TaskScheduler:
         Tasks still running then, and those never started, are marked ``interrupted``.
         """
         self._accepting = False
-        for queue in self._pending.values():
-            while queue:
-                await self._finish(queue.popleft(), TaskState.INTERRUPTED)
-        running = list(self._running.values())
+        waiting = [t for q in self._pending.values() for t in q]
+        for line in self._lines.values():
+            waiting.extend(line.waiting)
+            if line.admission is not None and line.holder is not None:
+                waiting.append(line.holder)
+        for task in waiting:
+            self._withdraw(task)
+            if not task.done:
+                await self._finish(task, TaskState.INTERRUPTED)
+        running = list(self._running.items())
         if running:
-            _, late = await asyncio.wait(running, timeout=deadline)
+            _, late = await asyncio.wait([r for _, r in running], timeout=deadline)
             for runner in late:
                 runner.cancel()
             if late:
                 await asyncio.wait(late)
+            for task_id, runner in running:  # cancelled before their first step
+                unstarted = self._tasks.get(task_id)
+                if runner in late and unstarted is not None and not unstarted.done:
+                    self._running.pop(task_id, None)
+                    await self._finish(unstarted, TaskState.INTERRUPTED)
         if self._renewer is not None:
             self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
 
     def stats(self) -> dict[str, Any]:
         by_state: dict[str, int] = {}
@@ -391,8 +734,13 @@ class TaskScheduler:
             "running": self.running_count,
             "peak_running": self.peak_running,
             "max_concurrent_tasks": self.max_concurrent_tasks,
+            "sessions_busy": len(self._lines),
             "tasks_by_state": by_state,
         }
+
+
+def _is_text(task: Task) -> bool:
+    return isinstance(task.result, str)
 
 
 def _task_from(spec: Mapping[str, Any]) -> Task:
@@ -405,6 +753,7 @@ def _task_from(spec: Mapping[str, Any]) -> Task:
         type=task_type,
         priority=TaskPriority(priority),
         session_id=fields.pop("session_id", None),
+        user_id=fields.pop("user_id", None),
         parent_id=fields.pop("parent_id", None),
         payload=fields,
     )

@@ -25,6 +25,7 @@ __all__ = [
     "SessionChanged",
     "StreamEnded",
     "StreamStarted",
+    "TaskQueued",
     "TaskStateChanged",
     "TodoListChanged",
     "ToolExecFinished",
@@ -34,15 +35,26 @@ __all__ = [
 
 
 class BusEventBase(BaseModel):
+    """What every bus event says: when, and whose (session, task and user) it is."""
+
     ts: float = Field(default_factory=time.time)
     session_id: str | None = None
     task_id: str | None = None
+    user_id: str | None = None
 
 
 class TaskStateChanged(BusEventBase):
     type: Literal["task_state"] = "task_state"
     task: Task
     previous: TaskState | None = None
+
+
+class TaskQueued(BusEventBase):
+    """A task waits for its session, which another task holds (one run per session)."""
+
+    type: Literal["task_queued"] = "task_queued"
+    ahead: int = 0
+    holder: str | None = None
 
 
 class ModelCallStarted(BusEventBase):
@@ -123,6 +135,7 @@ class ContextCompacted(BusEventBase):
 
 BusEvent = Annotated[
     TaskStateChanged
+    | TaskQueued
     | ModelCallStarted
     | ModelCallFinished
     | ToolExecStarted

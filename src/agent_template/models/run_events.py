@@ -17,8 +17,10 @@ __all__ = [
     "DoneEvent",
     "ErrorEvent",
     "ModelEvent",
+    "ReasoningDelta",
     "ResponseFinished",
     "RunEvent",
+    "RunQueued",
     "RunStatus",
     "StreamEvent",
     "StreamGap",
@@ -32,11 +34,19 @@ __all__ = [
     "stream_event_adapter",
 ]
 
-RunStatus: TypeAlias = Literal["completed", "cancelled", "failed"]
+# "interrupted": the process stopped (shutdown, crash) before the run finished.
+RunStatus: TypeAlias = Literal["completed", "cancelled", "failed", "interrupted"]
 
 
 class TextDelta(BaseModel):
     type: Literal["text_delta"] = "text_delta"
+    text: str
+
+
+class ReasoningDelta(BaseModel):
+    """A piece of the model's reasoning (thinking), streamed before or between its text."""
+
+    type: Literal["reasoning_delta"] = "reasoning_delta"
     text: str
 
 
@@ -100,6 +110,20 @@ class DoneEvent(BaseModel):
     turns: int = 0
 
 
+class RunQueued(BaseModel):
+    """The run waits for its session: another run on the same session goes first.
+
+    ``ahead`` counts the runs of this session queued before it in this process (0 when it
+    waits only for a run held elsewhere, such as another server replica); ``holder`` is the
+    task holding the session, when known.
+    """
+
+    type: Literal["queued"] = "queued"
+    reason: Literal["session_busy"] = "session_busy"
+    ahead: int = 0
+    holder: str | None = None
+
+
 class StreamGap(BaseModel):
     """Chunks ``from_seq`` to ``to_seq`` were not delivered to this consumer."""
 
@@ -110,11 +134,18 @@ class StreamGap(BaseModel):
 
 
 ModelEvent: TypeAlias = (
-    TextDelta | ToolCallStarted | ToolCallDelta | ToolCallReady | UsageEvent | ResponseFinished
+    TextDelta
+    | ReasoningDelta
+    | ToolCallStarted
+    | ToolCallDelta
+    | ToolCallReady
+    | UsageEvent
+    | ResponseFinished
 )
 
 RunEvent = Annotated[
     TextDelta
+    | ReasoningDelta
     | ToolCallStarted
     | ToolCallDelta
     | ToolCallReady
@@ -127,6 +158,7 @@ RunEvent = Annotated[
 ]
 StreamEvent = Annotated[
     TextDelta
+    | ReasoningDelta
     | ToolCallStarted
     | ToolCallDelta
     | ToolCallReady
@@ -135,6 +167,7 @@ StreamEvent = Annotated[
     | ResponseFinished
     | ErrorEvent
     | DoneEvent
+    | RunQueued
     | StreamGap,
     Field(discriminator="type"),
 ]

@@ -7,7 +7,7 @@ import uuid
 from enum import IntEnum, StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, Field
 
 __all__ = ["TERMINAL_STATES", "Task", "TaskPriority", "TaskState"]
 
@@ -40,7 +40,12 @@ def _new_id() -> str:
 
 
 class Task(BaseModel):
-    """A unit of work with a priority, a state and timestamps (seconds since the epoch)."""
+    """A unit of work with a priority, a state and timestamps (seconds since the epoch).
+
+    A task belongs to ``user_id`` (None only for trusted in-process callers, which then act as
+    the owner of the task's session). Its events are a stream of numbered chunks kept by the
+    scheduler's stream store under the task's id, not on the task: a task is plain data.
+    """
 
     task_id: str = Field(default_factory=_new_id)
     type: str = "chat"
@@ -48,19 +53,13 @@ class Task(BaseModel):
     priority: TaskPriority = TaskPriority.NORMAL
     state: TaskState = TaskState.PENDING
     session_id: str | None = None
+    user_id: str | None = None
     parent_id: str | None = None
     created_at: float = Field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
     result: Any = None
     error: str | None = None
-
-    _stream: Any = PrivateAttr(default=None)
-
-    @property
-    def stream(self) -> Any:
-        """The live event stream of this task's run, when this process runs it."""
-        return self._stream
 
     @property
     def done(self) -> bool:

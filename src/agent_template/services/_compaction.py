@@ -14,12 +14,18 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 from agent_template.models import (
     AssistantMessage,
+    Content,
+    DataPart,
+    ImagePart,
     Message,
+    ReasoningPart,
+    ResourcePart,
     SystemMessage,
+    TextPart,
     ToolDefinition,
     ToolResultMessage,
     UserMessage,
@@ -36,6 +42,10 @@ RATIO_MIN, RATIO_MAX = (
 _RATIO_WEIGHT = 0.3  # weight of the newest observation; one odd answer must not swing estimates
 TAIL_SHARE = 0.75  # recent turns may fill this much of the budget; the rest is for the summary
 _CACHE_SIZE = 8192  # messages whose estimate is remembered; a long session reuses them every turn
+# An image costs about 765 tokens at OpenAI's high detail and up to about 1,600 at Anthropic's
+# for 1000x1000 pixels; one figure between them keeps the estimate honest without decoding it.
+IMAGE_TOKENS = 1000
+_BLOB_RESOURCE_TOKENS = 32  # a binary resource travels as a one-line placeholder
 
 SUMMARY_PREFIX = (
     "Summary of the earlier conversation (older messages were condensed to save context):\n"
@@ -62,7 +72,7 @@ class TokenCounter:
     def message(self, message: Message) -> int:
         """Raw (uncalibrated) estimate of one message."""
         entry = self._messages.get(id(message))
-        size = len(message.content)
+        size = content_size(message.content)
         if entry is not None and entry[0] is message and entry[1] == size:
             return entry[2]
         tokens = _message_tokens(message)
@@ -111,8 +121,47 @@ class TokenCounter:
         self.observations += 1
 
 
+def content_size(content: Content) -> int:
+    """A cheap measure of content that changes when it does: characters, or parts and text.
+
+    The token cache compares it to tell an edited message from the one it estimated.
+    """
+    if isinstance(content, str):
+        return len(content)
+    size = len(content)
+    for part in content:
+        if isinstance(part, TextPart | ReasoningPart):
+            size += len(part.text)
+    return size
+
+
+def content_tokens(content: Content) -> int:
+    """Estimated tokens of content: text and reasoning by length, images at a fixed cost,
+    data by its JSON and resources by their text."""
+    if isinstance(content, str):
+        return estimate_tokens(content)
+    tokens = 0
+    for part in content:
+        match part:
+            case TextPart():
+                tokens += estimate_tokens(part.text)
+            case ReasoningPart():
+                tokens += estimate_tokens(part.text or part.redacted_data or "")
+            case ImagePart():
+                tokens += IMAGE_TOKENS
+            case DataPart():
+                tokens += estimate_tokens(json.dumps(part.data, default=str))
+            case ResourcePart():
+                text = part.text
+                tokens += estimate_tokens(text) if text is not None else _BLOB_RESOURCE_TOKENS
+                tokens += estimate_tokens(part.uri)
+            case _:
+                assert_never(part)
+    return tokens
+
+
 def _message_tokens(message: Message) -> int:
-    tokens = MESSAGE_OVERHEAD + estimate_tokens(message.content)
+    tokens = MESSAGE_OVERHEAD + content_tokens(message.content)
     if isinstance(message, AssistantMessage):
         for call in message.tool_calls:
             tokens += TOOL_CALL_OVERHEAD + estimate_tokens(call.name)
@@ -221,7 +270,10 @@ def split(
 def fingerprint(message: Message) -> str:
     """A short stable hash of a message, to recognise it in a later request or process."""
     digest = hashlib.blake2b(digest_size=8)
-    digest.update(f"{message.role}\0{message.content}\0".encode())
+    content = message.content
+    if not isinstance(content, str):  # parts: their JSON, so any change to one shows
+        content = json.dumps([part.model_dump(mode="json") for part in content])
+    digest.update(f"{message.role}\0{content}\0".encode())
     if isinstance(message, AssistantMessage):
         digest.update(",".join(call.id for call in message.tool_calls).encode())
     elif isinstance(message, ToolResultMessage):
@@ -239,7 +291,10 @@ def summary_message(summary: str) -> UserMessage:
 
 
 def is_summary(message: Message) -> bool:
-    return isinstance(message, UserMessage) and message.content.startswith(SUMMARY_PREFIX)
+    if not isinstance(message, UserMessage):
+        return False
+    content = message.content
+    return isinstance(content, str) and content.startswith(SUMMARY_PREFIX)
 
 
 # --------------------------------------------------------------------------- results and state

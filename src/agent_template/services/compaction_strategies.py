@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, assert_never, runtime_checkable
 
 from agent_template.models import (
     AssistantMessage,
+    Content,
+    DataPart,
+    ImagePart,
     Message,
     ModelRequest,
-    ResponseFinished,
+    ReasoningPart,
+    ResourcePart,
     SystemMessage,
-    TextDelta,
+    TextPart,
     ToolResultMessage,
     UserMessage,
 )
@@ -27,10 +32,12 @@ from agent_template.services._compaction import (
     MESSAGE_OVERHEAD,
     SUMMARY_PREFIX,
     TokenCounter,
+    content_tokens,
     is_summary,
     summary_message,
     unit_starts,
 )
+from agent_template.services.model_provider import collect_response
 from agent_template.utils.tokens import estimate_tokens
 
 SUMMARY_MAX_TOKENS = 1024  # longer summaries defeat their purpose
@@ -111,9 +118,11 @@ class DropToolOutputs:
         out: list[Message] = []
         for message in messages:
             if isinstance(message, ToolResultMessage):
-                size = ctx.counter.calibrated(estimate_tokens(message.content))
-                note = f"[tool output removed to save context: {size} tokens]"
-                if len(note) < len(message.content):
+                raw = content_tokens(message.content)
+                note = (
+                    f"[tool output removed to save context: {ctx.counter.calibrated(raw)} tokens]"
+                )
+                if estimate_tokens(note) < raw:
                     message = message.model_copy(update={"content": note})
                     ctx.cleared += 1
             out.append(message)
@@ -181,7 +190,7 @@ class Summarize:
             max_tokens=room,
         )
         async with asyncio.timeout(self.timeout):
-            text = (await _answer_text(ctx.model, request)).strip()
+            text = (await collect_response(ctx.model.stream(request))).message.text.strip()
         if not text:
             raise ValueError("the model returned an empty summary")
         allowed_chars = int(room / ctx.counter.ratio) * 4
@@ -192,20 +201,43 @@ class Summarize:
         return [summary_message(text)]
 
 
+def _readable(content: Content) -> str:
+    """Content as a transcript shows it: the text, with a note for each image or resource."""
+    if isinstance(content, str):
+        return content
+    pieces: list[str] = []
+    for part in content:
+        match part:
+            case TextPart():
+                pieces.append(part.text)
+            case ImagePart():
+                pieces.append("[image]")
+            case ResourcePart():
+                pieces.append(part.text if part.text is not None else f"[resource {part.uri}]")
+            case DataPart():
+                pieces.append(json.dumps(part.data, default=str))
+            case ReasoningPart():
+                pass  # the model's private reasoning adds nothing a summary needs
+            case _:
+                assert_never(part)
+    return " ".join(piece for piece in pieces if piece)
+
+
 def _line(message: Message) -> list[str]:
     match message:
         case UserMessage() if is_summary(message):
-            lines = [f"Earlier summary: {message.content[len(SUMMARY_PREFIX) :]}"]
+            lines = [f"Earlier summary: {message.text[len(SUMMARY_PREFIX) :]}"]
         case UserMessage():
-            lines = [f"User: {message.content}"]
+            lines = [f"User: {_readable(message.content)}"]
         case SystemMessage():
             lines = [f"System: {message.content}"]
         case AssistantMessage():
-            lines = [f"Assistant: {message.content}"] if message.content else []
+            said = _readable(message.content)
+            lines = [f"Assistant: {said}"] if said else []
             lines += [f"Assistant called {c.name}({c.arguments})" for c in message.tool_calls]
         case ToolResultMessage():
             verb = "failed" if message.is_error else "returned"
-            lines = [f"Tool {message.name} {verb}: {message.content}"]
+            lines = [f"Tool {message.name} {verb}: {_readable(message.content)}"]
         case _:
             assert_never(message)
     return [_clip(line, _LINE_CHARS) for line in lines]
@@ -240,21 +272,3 @@ def _transcript(messages: Sequence[Message], tokens: float) -> str:
 
 def _clip(line: str, chars: int) -> str:
     return line if len(line) <= chars else line[: max(chars - 1, 0)] + "…"
-
-
-async def _answer_text(model: Any, request: ModelRequest) -> str:
-    """The text of one answer from anything with ``stream(ModelRequest)``."""
-    parts: list[str] = []
-    final = ""
-    events = model.stream(request)
-    try:
-        async for event in events:
-            if isinstance(event, TextDelta):
-                parts.append(event.text)
-            elif isinstance(event, ResponseFinished):
-                final = event.message.content
-    finally:
-        close = getattr(events, "aclose", None)
-        if close is not None:
-            await close()
-    return "".join(parts) or final

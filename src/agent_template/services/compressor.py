@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from agent_template.models import (
@@ -201,9 +202,7 @@ class ContextCompressor:
             return request
         if self.announce_usage:
             messages, raw = self._with_usage_line(messages, raw)
-        prepared = ModelRequest(
-            messages, request.tools, request.model, request.temperature, request.max_tokens
-        )
+        prepared = replace(request, messages=messages)  # every other option kept as it was
         if len(self._sent) >= _MAX_SENT:
             del self._sent[next(iter(self._sent))]
         self._sent[id(prepared)] = (prepared, raw)

@@ -2,13 +2,16 @@
 
 A provider turns our :class:`~agent_template.models.ModelRequest` into its wire format and its
 answer back into :data:`~agent_template.models.ModelEvent` values. The manager adds what every
-provider needs: retries with backoff, failover along ``FALLBACK_PROVIDERS``, a circuit breaker
-per provider, optional load balancing among equivalent providers, and health figures.
+provider needs: retries with backoff, failover along ``FALLBACK_PROVIDERS``, deadlines for each
+attempt (``MODEL_ATTEMPT_TIMEOUT``) and each call (``MODEL_CALL_TIMEOUT``), a circuit breaker
+per provider, optional load balancing among equivalent providers, and health figures. Each
+failover is logged at WARNING on ``agent_template.providers`` and counted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from abc import ABC, abstractmethod
@@ -20,6 +23,7 @@ from agent_template.errors import (
     BadRequestError,
     ConfigurationError,
     ProviderError,
+    ProviderTimeoutError,
     RateLimitError,
     StreamError,
 )
@@ -37,6 +41,8 @@ if TYPE_CHECKING:
     from agent_template.config import Settings
 
 __all__ = ["ModelManager", "ModelProvider", "collect_response"]
+
+log = logging.getLogger("agent_template.providers")
 
 
 class ModelProvider(ABC):
@@ -104,6 +110,13 @@ class ModelManager:
             :class:`~agent_template.services.providers.offline.TestProvider` in tests.
         providers: the failover chain in order; each item is a list of equivalent providers
             (load-balanced among themselves). Overrides what ``settings`` would build.
+
+    Attributes:
+        failovers: how often a call moved from a failed provider to the next one.
+        failover_counts: the same by pair, keyed ``"from -> to"`` (provider labels).
+        attempt_timeout: seconds one attempt may take (``MODEL_ATTEMPT_TIMEOUT``).
+        call_timeout: seconds one call may take, retries and failover included
+            (``MODEL_CALL_TIMEOUT``).
     """
 
     def __init__(
@@ -123,7 +136,11 @@ class ModelManager:
         self.base_delay = settings.model_retry_base_delay
         self.max_delay = settings.model_retry_max_delay
         self.strategy = settings.load_balancing
+        self.attempt_timeout = settings.model_attempt_timeout
+        self.call_timeout = settings.model_call_timeout
+        # Switches from a failed provider to the next one: in total, and by "from -> to".
         self.failovers = 0
+        self.failover_counts: dict[str, int] = {}
         if providers is None:
             from agent_template.services.providers import build_chain
 
@@ -148,10 +165,17 @@ class ModelManager:
         return self.primary.name == "test"
 
     def status(self) -> list[dict[str, Any]]:
-        """Per-provider health: state of the breaker, requests, errors, latency."""
+        """Per-provider health: state of the breaker, requests, errors, latency, and
+        ``failed_over_to``: how often a call moved from this provider to each other one."""
         rows = []
         for rank, pool in enumerate(self._pools):
             for m in pool:
+                prefix = f"{m.provider.label} -> "
+                moved = {
+                    pair.removeprefix(prefix): n
+                    for pair, n in self.failover_counts.items()
+                    if pair.startswith(prefix)
+                }
                 rows.append(
                     {
                         "provider": m.provider.label,
@@ -159,6 +183,7 @@ class ModelManager:
                         "role": "primary" if rank == 0 else f"fallback {rank}",
                         "circuit": m.breaker.state,
                         **m.health.as_dict(),
+                        "failed_over_to": moved,
                     }
                 )
         return rows
@@ -196,41 +221,74 @@ class ModelManager:
 
         Failover also happens when a stream breaks before any event reached the caller. Once
         an event has been yielded, a failure is raised as it is: the caller keeps the partial
-        answer and nothing is sent twice.
+        answer and nothing is sent twice. A stalled provider (a timeout) is not retried when
+        another provider can take over.
+
+        Each attempt must finish within ``MODEL_ATTEMPT_TIMEOUT`` and the whole call, retries
+        and failover included, within ``MODEL_CALL_TIMEOUT``. The deadlines are checked as
+        events arrive (a stream that stops sending altogether is ended by the provider's
+        ``MODEL_TIMEOUT``); a finish event that comes late is still accepted.
 
         Raises:
-            AllProvidersFailedError: when every provider failed.
+            AllProvidersFailedError: when every provider failed, or the call ran out of time
+                before one answered.
             BadRequestError: when the only provider refused the request as invalid.
-            ProviderError: when a stream broke after it had started.
+            ProviderError: when a stream broke after it had started
+                (:class:`~agent_template.errors.ProviderTimeoutError` when it overran a
+                deadline).
         """
+        clock = time.monotonic
+        call_deadline = clock() + self.call_timeout
         errors: list[ProviderError] = []
+        failed: dict[str, ProviderError] = {}  # the last error of each provider that failed
         candidates = self._candidates()
         forced = not candidates
         if forced:  # every breaker open: try the primary rather than refuse outright
             candidates = [self._pools[0][0]]
-        for member in candidates:
+        previous: _Member | None = None
+        for position, member in enumerate(candidates):
             breaker = member.breaker
+            label = member.provider.label
+            can_fail_over = position < len(candidates) - 1
             attempt = 0
             # A half-open breaker lets one caller through per cooldown; the others move on.
-            while (forced and attempt == 0) or breaker.acquire(time.monotonic()):
-                if errors and attempt == 0:
-                    self.failovers += 1
+            while (forced and attempt == 0) or breaker.acquire(clock()):
+                begun = clock()
+                if begun >= call_deadline:
+                    errors.append(self._out_of_time(member))
+                    raise AllProvidersFailedError(errors)
+                if previous is not None and previous is not member:
+                    self._count_failover(previous, member)
+                previous = member
+                deadline, setting, limit = self._deadline(begun, call_deadline)
                 started = False
                 t0 = time.perf_counter()
                 member.health.requests += 1
                 events = member.provider.stream(request)
                 try:
                     async for event in events:
-                        if not started:
-                            started = True
-                            member.health.record_first_event(time.perf_counter() - t0)
                         if isinstance(event, ResponseFinished):
                             # Record it now: a consumer may stop reading at the finish event
                             # (collect_response does), and this generator never resumes.
-                            member.health.record_success(time.perf_counter() - t0)
+                            elapsed = time.perf_counter() - t0
+                            if not started:
+                                member.health.record_first_event(elapsed)
+                            member.health.record_success(elapsed)
                             breaker.record_success()
+                            if failed:
+                                self._log_failover(failed, label)
                             yield event
                             return
+                        if clock() > deadline:  # one comparison per event: the hot path
+                            raise ProviderTimeoutError(
+                                member.provider.name,
+                                f"the answer was not finished within {setting}={limit:g}s",
+                                setting=setting,
+                                timeout=limit,
+                            )
+                        if not started:
+                            started = True
+                            member.health.record_first_event(time.perf_counter() - t0)
                         yield event
                     raise StreamError(member.provider.name, "the stream ended without a finish")
                 except ProviderError as exc:
@@ -239,16 +297,23 @@ class ModelManager:
                         # The provider answered; the request was at fault, not its health.
                         breaker.record_success()
                     else:
-                        breaker.record_failure(time.monotonic())
+                        breaker.record_failure(clock())
                     if started:
                         raise
                     errors.append(exc)
+                    failed.pop(label, None)
+                    failed[label] = exc  # re-inserted: the log lists them as they failed
                     if isinstance(exc, BadRequestError) and len(candidates) == 1:
                         raise
+                    if isinstance(exc, ProviderTimeoutError):
+                        if exc.setting == "MODEL_CALL_TIMEOUT":
+                            raise AllProvidersFailedError(errors) from None
+                        if can_fail_over:
+                            break  # a stalled provider is likely to stall again: move on now
                     delay = self._backoff(attempt, exc) if exc.retryable else None
                     if delay is None or attempt >= self.max_retries:
                         break
-                    await asyncio.sleep(delay)
+                    await asyncio.sleep(min(delay, max(call_deadline - clock(), 0.0)))
                     attempt += 1
                 finally:
                     # Release the provider's connection now, also when our caller stopped early.
@@ -257,10 +322,43 @@ class ModelManager:
                         await close()
         raise AllProvidersFailedError(errors)
 
+    def _deadline(self, begun: float, call_deadline: float) -> tuple[float, str, float]:
+        """When an attempt begun at ``begun`` must be done, the setting and its value."""
+        if begun + self.attempt_timeout < call_deadline:
+            return begun + self.attempt_timeout, "MODEL_ATTEMPT_TIMEOUT", self.attempt_timeout
+        return call_deadline, "MODEL_CALL_TIMEOUT", self.call_timeout
+
+    def _out_of_time(self, member: _Member) -> ProviderTimeoutError:
+        return ProviderTimeoutError(
+            member.provider.name,
+            "no time was left for another attempt within "
+            f"MODEL_CALL_TIMEOUT={self.call_timeout:g}s",
+            setting="MODEL_CALL_TIMEOUT",
+            timeout=self.call_timeout,
+        )
+
+    def _count_failover(self, source: _Member, target: _Member) -> None:
+        self.failovers += 1
+        pair = f"{source.provider.label} -> {target.provider.label}"
+        self.failover_counts[pair] = self.failover_counts.get(pair, 0) + 1
+
+    @staticmethod
+    def _log_failover(failed: dict[str, ProviderError], answered: str) -> None:
+        """Say which providers failed (their code and detail) and which one answered."""
+        causes = "; ".join(
+            f"{label} failed ({error.code}"
+            f"{f', HTTP {error.status}' if error.status else ''}: {error.detail})"
+            for label, error in failed.items()
+            if label != answered
+        )
+        if causes:
+            log.warning("model call failed over: %s; %s answered", causes, answered)
+
     async def complete(self, request: ModelRequest) -> ModelResponse:
         return await collect_response(self.stream(request))
 
     async def aclose(self) -> None:
+        """Close every provider's connections; the manager stays usable (they reopen)."""
         for pool in self._pools:
             for m in pool:
                 await m.provider.aclose()

@@ -4,12 +4,17 @@ Storage is behind the :class:`SessionStore` protocol: :class:`~agent_template.se
 SQLStore` (SQLite or PostgreSQL from ``DATABASE_URL``, the default) or
 :class:`MemorySessionStore` (this process only). Sessions load lazily, one query at a time;
 opening the manager recovers tasks that a dead process left running.
+
+Every session belongs to one user. Methods that take ``user_id`` treat another user's session
+as one that does not exist (:class:`SessionNotFoundError`), so ids do not reveal other users'
+sessions; ``user_id=None`` is for trusted in-process callers (the single-user CLI, a task that
+already runs in the session).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent_template.errors import SessionNotFoundError
@@ -53,6 +58,7 @@ class SessionStore(Protocol):
     async def load_records(
         self, session_id: str, *, limit: int | None = None, after_seq: int = 0
     ) -> list[MessageRecord]: ...
+    async def create_session_if_absent(self, session: Session) -> Session: ...
     async def record_task(self, task: Task, lease_until: float | None) -> None: ...
     async def renew_leases(self, task_ids: Iterable[str], until: float) -> None: ...
     async def load_tasks(self, session_id: str) -> list[TaskRecord]: ...
@@ -61,6 +67,11 @@ class SessionStore(Protocol):
     async def load_todos(self, session_id: str) -> list[TodoRecord]: ...
     async def save_compaction(self, session_id: str, state: dict[str, Any] | None) -> None: ...
     async def load_compaction(self, session_id: str) -> dict[str, Any] | None: ...
+    async def acquire_run(
+        self, session_id: str, task_id: str, until: float, *, kinds: Sequence[str] = ...
+    ) -> bool: ...
+    async def release_run(self, session_id: str, task_id: str) -> None: ...
+    async def run_holder(self, session_id: str) -> str | None: ...
 
 
 class SessionManager:
@@ -75,6 +86,7 @@ class SessionManager:
             None keeps sessions forever.
         cache: hot session state (Redis or memory, from the settings by default when the
             store comes from them). A cache outage or miss falls back to the database.
+        on_cache_fallback: called each time the cache serves from its fallback (a metric).
 
     Constructing it does no I/O; the first call opens the store and applies migrations.
     """
@@ -88,6 +100,7 @@ class SessionManager:
         context_window: int | None = None,
         idle_ttl: float | None = None,
         cache: StateCache | None = None,
+        on_cache_fallback: Callable[[str], None] | None = None,
     ) -> None:
         if store is None:
             if settings is None:
@@ -98,7 +111,7 @@ class SessionManager:
 
             store = SQLStore(settings.database_url)
             if cache is None:
-                cache = _session_cache(settings)
+                cache = _session_cache(settings, on_cache_fallback)
         self.cache = cache.namespaced("sessions") if cache is not None else None
         self._cache_root = cache
         self.store: SessionStore = store
@@ -133,21 +146,35 @@ class SessionManager:
         if self.cache is not None:
             await self.cache.delete(session_id)
 
-    def _publish(self, session_id: str, action: str) -> None:
+    def _publish(self, session: Session, action: str) -> None:
         if self.bus is not None:
-            self.bus.publish(SessionChanged(session_id=session_id, action=action))  # type: ignore[arg-type]
+            self.bus.publish(
+                SessionChanged(
+                    session_id=session.session_id,
+                    user_id=session.user_id,
+                    action=action,  # type: ignore[arg-type]
+                )
+            )
 
     # ------------------------------------------------------------------ sessions
 
     async def create_session(
         self,
-        user_id: str = "default",
+        user_id: str,
         *,
         session_id: str | None = None,
         title: str | None = None,
         metadata: dict[str, Any] | None = None,
         model_settings: dict[str, Any] | None = None,
     ) -> Session:
+        """A new session of ``user_id``.
+
+        With ``session_id`` of a session that exists, that session is returned if it is the
+        user's own.
+
+        Raises:
+            SessionNotFoundError: ``session_id`` is another user's session.
+        """
         store = await self._ready()
         session = Session(
             user_id=user_id,
@@ -157,50 +184,68 @@ class SessionManager:
         )
         if session_id:
             session.session_id = session_id
-        await store.save_session(session)
-        self._publish(session.session_id, "created")
-        return session
+        stored = await store.create_session_if_absent(session)
+        if stored.user_id != user_id:
+            raise SessionNotFoundError(session.session_id)
+        if stored.created_at == session.created_at:  # this call made it
+            self._publish(stored, "created")
+        return stored
 
-    async def get_session(self, session_id: str) -> Session:
-        """Raises SessionNotFoundError."""
+    async def get_session(self, session_id: str, *, user_id: str | None = None) -> Session:
+        """Raises SessionNotFoundError (also for another user's session)."""
         cache = self.cache
+        session: Session | None = None
         if cache is not None:
             hit = await cache.get(session_id)
             if hit is not None:
-                return Session.model_validate(hit)
-        session = await (await self._ready()).load_session(session_id)
+                session = Session.model_validate(hit)
         if session is None:
+            session = await (await self._ready()).load_session(session_id)
+            if session is None:
+                raise SessionNotFoundError(session_id)
+            if cache is not None:
+                await cache.set(
+                    session_id, session.model_dump(mode="json"), ttl=SESSION_CACHE_TTL_S
+                )
+        if user_id is not None and session.user_id != user_id:
             raise SessionNotFoundError(session_id)
-        if cache is not None:
-            await cache.set(session_id, session.model_dump(mode="json"), ttl=SESSION_CACHE_TTL_S)
         return session
 
-    async def get_or_create(self, session_id: str, user_id: str = "default") -> Session:
-        session = await (await self._ready()).load_session(session_id)
-        return session or await self.create_session(user_id, session_id=session_id)
+    async def get_or_create(self, session_id: str, user_id: str) -> Session:
+        """The user's session with this id, created if it does not exist yet.
+
+        Safe when several callers (processes) create the same id at once.
+
+        Raises:
+            SessionNotFoundError: the id is another user's session.
+        """
+        return await self.create_session(user_id, session_id=session_id)
 
     async def list_sessions(
-        self, user_id: str | None = None, *, limit: int = 50, offset: int = 0
+        self, user_id: str | None, *, limit: int = 50, offset: int = 0
     ) -> list[Session]:
-        """Most recently active first."""
+        """The user's sessions (every user's for ``None``), most recently active first."""
         return await (await self._ready()).list_sessions(user_id, limit, offset)
 
-    async def rename_session(self, session_id: str, title: str) -> Session:
-        session = await self.get_session(session_id)
+    async def rename_session(
+        self, session_id: str, title: str, *, user_id: str | None = None
+    ) -> Session:
+        session = await self.get_session(session_id, user_id=user_id)
         session.title = title
         session.updated_at = time.time()
         await self.store.save_session(session)
         await self._forget(session_id)
-        self._publish(session_id, "updated")
+        self._publish(session, "updated")
         return session
 
-    async def delete_session(self, session_id: str) -> None:
+    async def delete_session(self, session_id: str, *, user_id: str | None = None) -> None:
         """Delete a session with its messages, tasks and todos. Raises SessionNotFoundError."""
-        deleted = await (await self._ready()).delete_session(session_id)
+        session = await self.get_session(session_id, user_id=user_id)
+        deleted = await self.store.delete_session(session_id)
         await self._forget(session_id)
         if not deleted:
             raise SessionNotFoundError(session_id)
-        self._publish(session_id, "deleted")
+        self._publish(session, "deleted")
 
     async def cleanup_idle(self, ttl: float | None = None) -> int:
         """Delete sessions idle for longer than ``ttl`` (default ``idle_ttl``); returns count."""
@@ -210,9 +255,11 @@ class SessionManager:
         store = await self._ready()
         stale = await store.session_ids_idle_since(time.time() - ttl)
         for session_id in stale:
+            session = await store.load_session(session_id)
             await store.delete_session(session_id)
             await self._forget(session_id)
-            self._publish(session_id, "deleted")
+            if session is not None:
+                self._publish(session, "deleted")
         return len(stale)
 
     # ------------------------------------------------------------------ messages
@@ -232,14 +279,21 @@ class SessionManager:
         await (await self._ready()).checkpoint(session_id, task_id, text)
 
     async def get_history(
-        self, session_id: str, *, limit: int | None = None
+        self, session_id: str, *, limit: int | None = None, user_id: str | None = None
     ) -> list[MessageRecord]:
-        """Stored messages with their numbers and statuses (every one, or the last ``limit``)."""
-        await self.get_session(session_id)
+        """Stored messages with their numbers and statuses (every one, or the last ``limit``).
+
+        Raises:
+            SessionNotFoundError: no such session, or another user's.
+        """
+        await self.get_session(session_id, user_id=user_id)
         return await self.store.load_records(session_id, limit=limit)
 
-    async def get_messages(self, session_id: str, *, limit: int | None = None) -> list[Message]:
-        return [r.message for r in await self.get_history(session_id, limit=limit)]
+    async def get_messages(
+        self, session_id: str, *, limit: int | None = None, user_id: str | None = None
+    ) -> list[Message]:
+        records = await self.get_history(session_id, limit=limit, user_id=user_id)
+        return [r.message for r in records]
 
     async def get_context(self, session_id: str) -> list[Message]:
         """The recent messages handed to the model for the next turn.
@@ -261,8 +315,10 @@ class SessionManager:
 
     # ------------------------------------------------------------------ tasks and todos
 
-    async def get_tasks(self, session_id: str) -> list[TaskRecord]:
-        return await (await self._ready()).load_tasks(session_id)
+    async def get_tasks(self, session_id: str, *, user_id: str | None = None) -> list[TaskRecord]:
+        """The session's recorded tasks, oldest first. Raises SessionNotFoundError."""
+        await self.get_session(session_id, user_id=user_id)
+        return await self.store.load_tasks(session_id)
 
     async def recover(self) -> list[str]:
         """Mark tasks left running by a dead process ``interrupted``; returns their ids."""
@@ -275,20 +331,21 @@ class SessionManager:
     async def save_compaction(self, session_id: str, state: dict[str, Any] | None) -> None:
         await (await self._ready()).save_compaction(session_id, state)
 
+    async def load_todos(self, session_id: str, *, user_id: str | None = None) -> list[TodoRecord]:
+        """The session's todo list. Raises SessionNotFoundError (also for another user's)."""
+        await self.get_session(session_id, user_id=user_id)
+        return await self.store.load_todos(session_id)
 
-def _session_cache(settings: Settings) -> StateCache | None:
-    """The configured state cache, when it is shared; a fallback counts in the metrics."""
+
+def _session_cache(
+    settings: Settings, on_fallback: Callable[[str], None] | None
+) -> StateCache | None:
+    """The configured state cache, when it is shared."""
     if not settings.redis_url and settings.cache_backend in (None, "memory"):
         return None  # the database is local and fast; an in-process copy would go stale
-    from agent_template.core.metrics import default_metrics
     from agent_template.services.state_cache import create_state_cache
 
-    metrics = default_metrics()
-
-    def count(reason: str) -> None:
-        metrics.inc("cache_fallbacks_total")
-
-    return create_state_cache(settings, on_fallback=count)
+    return create_state_cache(settings, on_fallback=on_fallback)
 
 
 def _valid_history(messages: list[Message]) -> list[Message]:

@@ -34,7 +34,9 @@ class TodoManager:
         rows = await self.store.load_todos(session_id)
         return [TodoItem(content=r.content, status=r.status) for r in rows]
 
-    async def replace(self, session_id: str, items: list[TodoItem]) -> list[TodoItem]:
+    async def replace(
+        self, session_id: str, items: list[TodoItem], *, user_id: str | None = None
+    ) -> list[TodoItem]:
         """Store a new list.
 
         Raises:
@@ -48,7 +50,7 @@ class TodoManager:
             session_id, [TodoRecord(i.content, i.status, n) for n, i in enumerate(items)]
         )
         if self.bus is not None:
-            self.bus.publish(TodoListChanged(session_id=session_id, items=items))
+            self.bus.publish(TodoListChanged(session_id=session_id, user_id=user_id, items=items))
         return items
 
     def tools(self) -> list[FunctionTool]:
@@ -65,7 +67,7 @@ class TodoManager:
                 todos: The whole list, in order; items left out are removed.
             """
             session_id = _session_of(ctx)
-            items = await manager.replace(session_id, todos)
+            items = await manager.replace(session_id, todos, user_id=ctx.user_id)
             done = sum(1 for i in items if i.status == "completed")
             return f"Todo list saved: {len(items)} items, {done} completed."
 

@@ -13,13 +13,19 @@ import inspect
 import json
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from agent_template.errors import ToolArgumentsError, ToolNotFoundError, ToolTimeoutError
+from agent_template.errors import (
+    ConfigurationError,
+    ToolArgumentsError,
+    ToolNotFoundError,
+    ToolTimeoutError,
+)
 from agent_template.models import ToolCall, ToolDefinition, ToolResultMessage
+from agent_template.services._threads import run_in_thread
 
 __all__ = ["FunctionTool", "ToolContext", "ToolManager", "tool"]
 
@@ -31,10 +37,15 @@ _SECTION = re.compile(
 
 @dataclass(slots=True)
 class ToolContext:
-    """What a tool may learn about the run that called it (declare a parameter of this type)."""
+    """What a tool may learn about the call (declare a parameter of this type).
+
+    Every call gets its own context: the run's (session, task, user, deps) with the call's id.
+    """
 
     session_id: str | None = None
     call_id: str = ""
+    task_id: str | None = None
+    user_id: str | None = None
     deps: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -158,7 +169,13 @@ class FunctionTool:
             return await self.fn(**kwargs)
         if self.inline:
             return self.fn(**kwargs)
-        return await asyncio.to_thread(self.fn, **kwargs)
+        return await run_in_thread(self.fn, kwargs)
+
+    @property
+    def origin(self) -> str:
+        """Where the function is defined (``module.qualname``), for messages."""
+        fn = self.fn
+        return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
     def __repr__(self) -> str:
         return f"FunctionTool({self.name!r})"
@@ -226,8 +243,20 @@ class ToolManager:
         for t in tools:
             self.register(t)
 
-    def register(self, t: ToolLike) -> FunctionTool:
+    def register(self, t: ToolLike, *, replace: bool = False) -> FunctionTool:
+        """Add a tool; registering the same tool twice is harmless.
+
+        Raises:
+            ConfigurationError: another tool has the same name (unless ``replace``): the model
+                could not tell them apart, so one would silently shadow the other.
+        """
         ft = t if isinstance(t, FunctionTool) else FunctionTool(t)
+        current = self._tools.get(ft.name)
+        if current is not None and current.fn is not ft.fn and not replace:
+            raise ConfigurationError(
+                f"Two tools are named {ft.name!r}: {current.origin} and {ft.origin}. "
+                "Rename one with @tool(name=...) or leave one out."
+            )
         self._tools[ft.name] = ft
         self._definitions = None
         return ft
@@ -259,16 +288,23 @@ class ToolManager:
     async def execute(
         self, call: ToolCall, context: ToolContext | None = None
     ) -> ToolResultMessage:
-        """Run one call; every failure becomes an error result for the model."""
+        """Run one call; every failure becomes an error result for the model.
+
+        A tool that takes a :class:`ToolContext` gets its own copy carrying the call's id.
+        """
         self.calls += 1
+        ft: FunctionTool | None = None
         try:
             ft = self.get(call.name)
             timeout = ft.timeout or self.default_timeout
+            if context is not None and ft._context_param is not None:
+                context = replace(context, call_id=call.id)
             async with asyncio.timeout(timeout):
                 value = await ft(call.arguments, context)
         except TimeoutError:
             self.errors += 1
-            error = ToolTimeoutError(call.name, timeout)
+            in_thread = ft is not None and not ft.is_async and not ft.inline
+            error = ToolTimeoutError(call.name, timeout, thread_left_running=in_thread)
             return ToolResultMessage(
                 tool_call_id=call.id, name=call.name, content=str(error), is_error=True
             )

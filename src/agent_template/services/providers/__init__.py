@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agent_template.errors import ConfigurationError
+from agent_template.errors import ConfigurationError, MissingAPIKeyError
 
 if TYPE_CHECKING:
     from agent_template.config import Settings
@@ -77,7 +77,8 @@ def build_provider(
     """One provider instance from settings.
 
     Raises:
-        ConfigurationError: unknown provider, or a key that is required and missing.
+        MissingAPIKeyError: the provider needs a key and none is configured.
+        ConfigurationError: unknown provider, or ``local`` without ``LOCAL_BASE_URL``.
     """
     spec = PROVIDERS.get(name)
     if spec is None:
@@ -99,11 +100,8 @@ def build_provider(
             )
         # A key is optional for local servers, and for openai/anthropic pointed at one.
         custom_url = name in ("openai", "anthropic") and base_url is not None
-        if spec.key_required and not custom_url:
-            raise ConfigurationError(
-                f"No API key for provider {name!r}. Set {spec.key_var} in .env or the "
-                "environment, or choose another provider with --provider."
-            )
+        if spec.key_required and not custom_url and spec.key_var is not None:
+            raise MissingAPIKeyError(name, spec.key_var)
         key = _NO_KEY
     timeout = settings.model_timeout
     if name == "anthropic":

@@ -1,12 +1,15 @@
 """Turn a chat-completions chunk stream into our model events.
 
 Kept apart from the request side (:mod:`.openai_compat`) because it changes for other reasons:
-SSE quirks of OpenAI-compatible servers, tool-call assembly, and tool calls written as text.
+SSE quirks of OpenAI-compatible servers, tool-call assembly, reasoning, and tool calls written
+as text.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import Any
 
 import openai
 from openai.types.chat import ChatCompletionChunk
@@ -15,6 +18,8 @@ from agent_template.errors import ProviderTimeoutError, StreamError
 from agent_template.models import (
     AssistantMessage,
     ModelEvent,
+    ReasoningDelta,
+    ReasoningPart,
     ResponseFinished,
     TextDelta,
     ToolCall,
@@ -24,38 +29,44 @@ from agent_template.models import (
     Usage,
     UsageEvent,
 )
+from agent_template.services.providers._assembly import PendingCall, answer_content
 from agent_template.services.providers._errors import openai_error
 from agent_template.services.providers._text_tools import TextToolCallParser
 
-__all__ = ["TEXT_CALL_ID_PREFIX", "chunk_events", "text_call_events"]
+__all__ = ["TEXT_CALL_ID_PREFIX", "chunk_events", "reasoning_of", "text_call_events"]
 
 TEXT_CALL_ID_PREFIX = "call_text_"
+# DeepSeek and Qwen send reasoning as ``reasoning_content``; vLLM, Ollama and OpenRouter
+# as ``reasoning``. The SDK keeps both as extra fields of the delta or message.
+_REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
-class _Call:
-    """A tool call being assembled from deltas."""
-
-    __slots__ = ("id", "index", "name", "parts")
-
-    def __init__(self, index: int, call_id: str, name: str) -> None:
-        self.index = index
-        self.id = call_id
-        self.name = name
-        self.parts: list[str] = []
-
-    def done(self) -> ToolCall:
-        return ToolCall(id=self.id, name=self.name, arguments="".join(self.parts) or "{}")
+def reasoning_of(extra: Mapping[str, Any] | None) -> str:
+    """The reasoning text among a delta's or message's extra fields ('' when there is none)."""
+    if not extra:
+        return ""
+    for name in _REASONING_FIELDS:
+        value = extra.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return ""
 
 
 def text_call_events(
     found: list[tuple[str, str]], first_index: int
 ) -> tuple[list[ModelEvent], list[ToolCall]]:
-    """Start and delta events for tool calls recognised in text, and the calls themselves."""
+    """Start and delta events for tool calls recognised in text, and the calls themselves.
+
+    Each answer's calls get ids of their own (``call_text_<random>_<n>``): the model wrote no
+    id, and ids repeated across turns would make a history whose results answer the wrong call.
+    """
     events: list[ModelEvent] = []
     calls: list[ToolCall] = []
+    answer = uuid.uuid4().hex[:12]
     for offset, (name, arguments) in enumerate(found):
         index = first_index + offset
-        call = ToolCall(id=f"{TEXT_CALL_ID_PREFIX}{offset}", name=name, arguments=arguments)
+        call_id = f"{TEXT_CALL_ID_PREFIX}{answer}_{offset}"
+        call = ToolCall(id=call_id, name=name, arguments=arguments)
         calls.append(call)
         events.append(ToolCallStarted(index=index, id=call.id, name=name))
         events.append(ToolCallDelta(index=index, arguments_delta=arguments))
@@ -72,12 +83,16 @@ async def chunk_events(
 ) -> AsyncGenerator[ModelEvent, None]:
     """Events for one streamed chat completion, ending with :class:`ResponseFinished`.
 
+    Reasoning deltas become :class:`ReasoningDelta` events and one :class:`ReasoningPart` at
+    the start of the answer's content.
+
     Raises:
         StreamError: the stream broke off, sent data that is not JSON, or ended unfinished.
         ProviderTimeoutError: the stream stalled for longer than the timeout.
     """
     text: list[str] = []
-    calls: dict[int, _Call] = {}  # by the wire's index
+    reasoning: list[str] = []
+    calls: dict[int, PendingCall] = {}  # by the wire's index
     finish_reason: str | None = None
     usage: Usage | None = None
     try:
@@ -94,6 +109,10 @@ async def chunk_events(
                 continue
             choice = chunk.choices[0]
             delta = choice.delta
+            extra = delta.model_extra
+            if extra and (thought := reasoning_of(extra)):
+                reasoning.append(thought)
+                yield ReasoningDelta(text=thought)
             if delta.content:
                 piece = parser.feed(delta.content) if parser is not None else delta.content
                 if piece:
@@ -106,7 +125,7 @@ async def chunk_events(
                     if call is None:
                         name = (function.name if function else None) or ""
                         call_id = part.id or f"call_{len(calls)}"
-                        call = calls[part.index] = _Call(len(calls), call_id, name)
+                        call = calls[part.index] = PendingCall(len(calls), call_id, name)
                         yield ToolCallStarted(index=call.index, id=call_id, name=name)
                     elif function is not None and function.name and not call.name:
                         call.name = function.name  # some servers send the name after the id
@@ -143,7 +162,11 @@ async def chunk_events(
         yield UsageEvent(usage=usage)
     if tool_calls and finish_reason == "stop":
         finish_reason = "tool_calls"  # some local servers say "stop" even when they call tools
+    thoughts = [ReasoningPart(text="".join(reasoning), provider=provider)] if reasoning else []
     message = AssistantMessage(
-        content="".join(text), tool_calls=tool_calls, provider=provider, model=model
+        content=answer_content(thoughts, "".join(text)),
+        tool_calls=tool_calls,
+        provider=provider,
+        model=model,
     )
     yield ResponseFinished(finish_reason=finish_reason, message=message)

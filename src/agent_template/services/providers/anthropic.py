@@ -1,15 +1,17 @@
 """Anthropic's Messages API, on the official ``anthropic`` SDK.
 
-The native API differs from chat completions in ways the conversion below takes care of: system
-text goes in ``system``, tool calls are ``tool_use`` blocks in the assistant's content, and tool
-results are ``tool_result`` blocks in the next user message (all results of one turn together).
+The request side (messages, tools, options) is converted in :mod:`._anthropic_convert`; this
+module sends requests and turns the answers, streamed or whole, into our events and messages.
+Thinking blocks (``thinking``, with the ``signature`` that authenticates them, and
+``redacted_thinking``) become reasoning events and parts, so that they can be sent back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, Literal, assert_never
+from collections.abc import AsyncIterator
+from typing import Any
 
 from agent_template.errors import (
     ConfigurationError,
@@ -25,28 +27,31 @@ except ImportError as exc:  # pragma: no cover - anthropic is a core dependency
     raise ConfigurationError(
         "The anthropic provider needs the 'anthropic' package: pip install anthropic"
     ) from exc
-from anthropic.types import ContentBlockParam, MessageParam, ToolParam, ToolResultBlockParam
 
 from agent_template.models import (
     AssistantMessage,
-    Message,
     ModelEvent,
     ModelRequest,
     ModelResponse,
+    ReasoningDelta,
+    ReasoningPart,
     ResponseFinished,
-    SystemMessage,
     TextDelta,
     ToolCall,
     ToolCallDelta,
     ToolCallReady,
     ToolCallStarted,
-    ToolDefinition,
-    ToolResultMessage,
     Usage,
     UsageEvent,
-    UserMessage,
 )
 from agent_template.services.model_provider import ModelProvider
+from agent_template.services.providers._anthropic_convert import (
+    PROVIDER,
+    to_anthropic_messages,
+    to_anthropic_tool_choice,
+    to_anthropic_tools,
+)
+from agent_template.services.providers._assembly import PendingCall, answer_content
 from agent_template.services.providers._errors import anthropic_error
 
 __all__ = ["AnthropicProvider", "to_anthropic_messages", "to_anthropic_tools"]
@@ -67,8 +72,14 @@ _FINISH_REASONS = {
 class AnthropicProvider(ModelProvider):
     """A provider for Anthropic's Messages API.
 
-    The SDK client is created on first use; the SDK's own retries are off because
+    The SDK client is created on first use, and again after :meth:`aclose` or when it is used
+    from another event loop than the one it was made on. The SDK's own retries are off because
     :class:`~agent_template.services.model_provider.ModelManager` retries and fails over.
+
+    Request options: ``tool_choice`` maps to ``auto``/``any``/``tool``/``none`` and
+    ``parallel_tool_calls=False`` to ``disable_parallel_tool_use`` (both only with tools),
+    ``stop`` to ``stop_sequences``; ``temperature`` and ``top_p`` are sent as they are.
+    ``seed`` and ``response_format`` have no equivalent in the Messages API and are ignored.
 
     Args:
         api_key: the ``x-api-key`` to send.
@@ -79,7 +90,7 @@ class AnthropicProvider(ModelProvider):
         label: the name in health figures when several keys share a provider.
     """
 
-    name = "anthropic"
+    name = PROVIDER
 
     def __init__(
         self,
@@ -97,8 +108,12 @@ class AnthropicProvider(ModelProvider):
         self.max_tokens = max_tokens
         self._api_key = api_key
         self._client: anthropic.AsyncAnthropic | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _sdk(self) -> anthropic.AsyncAnthropic:
+        loop = asyncio.get_running_loop()
+        if self._client is not None and self._loop is not loop:
+            self._client = None  # its connections belong to a loop that has ended
         if self._client is None:
             self._client = anthropic.AsyncAnthropic(
                 api_key=self._api_key,
@@ -106,6 +121,7 @@ class AnthropicProvider(ModelProvider):
                 timeout=self.timeout,
                 max_retries=0,
             )
+            self._loop = loop
         return self._client
 
     def _error(self, exc: Exception) -> ProviderError:
@@ -116,12 +132,29 @@ class AnthropicProvider(ModelProvider):
             base_url_var=_BASE_URL_VAR,
         )
 
-    def _max_tokens(self, request: ModelRequest) -> int:
-        return self.max_tokens if request.max_tokens is None else request.max_tokens
-
-    def _extra_body(self, request: ModelRequest) -> dict[str, Any] | None:
-        # The SDK's create() has no temperature parameter any more; the API still takes it.
-        return None if request.temperature is None else {"temperature": request.temperature}
+    def _params(self, request: ModelRequest) -> dict[str, Any]:
+        """The arguments of ``messages.create`` shared by :meth:`stream` and :meth:`complete`."""
+        system, messages = to_anthropic_messages(request.messages)
+        params: dict[str, Any] = {
+            "model": request.model or self.model,
+            "max_tokens": self.max_tokens if request.max_tokens is None else request.max_tokens,
+            "messages": messages,
+        }
+        if system:
+            params["system"] = system
+        if request.tools:
+            params["tools"] = to_anthropic_tools(request.tools)
+            choice = to_anthropic_tool_choice(request.tool_choice, request.parallel_tool_calls)
+            if choice is not None:
+                params["tool_choice"] = choice
+        if request.stop:
+            params["stop_sequences"] = list(request.stop)
+        # This SDK's create() has no temperature or top_p parameters; the API still takes them.
+        sampling = {"temperature": request.temperature, "top_p": request.top_p}
+        extra = {key: value for key, value in sampling.items() if value is not None}
+        if extra:
+            params["extra_body"] = extra
+        return params
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
         """Stream one answer; see :class:`ModelProvider` for the event contract.
@@ -130,23 +163,15 @@ class AnthropicProvider(ModelProvider):
             ProviderError: a subclass for each failure (authentication, rate limit, overload,
                 timeout, connection, bad request, broken or malformed stream).
         """
-        system, messages = to_anthropic_messages(request.messages)
         try:
-            events = await self._sdk().messages.create(
-                model=request.model or self.model,
-                max_tokens=self._max_tokens(request),
-                messages=messages,
-                system=system or anthropic.omit,
-                tools=to_anthropic_tools(request.tools) or anthropic.omit,
-                extra_body=self._extra_body(request),
-                stream=True,
-            )
+            events = await self._sdk().messages.create(**self._params(request), stream=True)
         except anthropic.APIError as exc:
             raise self._error(exc) from exc
 
         model = request.model or self.model
         text: list[str] = []
-        calls: dict[int, _Call] = {}  # by content-block index
+        calls: dict[int, PendingCall] = {}  # by content-block index
+        thinking: dict[int, tuple[list[str], ReasoningPart]] = {}  # by content-block index
         stop_reason: str | None = None
         input_tokens = output_tokens = 0
         finished = False
@@ -168,14 +193,28 @@ class AnthropicProvider(ModelProvider):
                                 yield ToolCallDelta(
                                     index=call.index, arguments_delta=delta.partial_json
                                 )
+                            elif delta.type == "thinking_delta" and delta.thinking:
+                                self._block(thinking, event.index)[0].append(delta.thinking)
+                                yield ReasoningDelta(text=delta.thinking)
+                            elif delta.type == "signature_delta":
+                                self._block(thinking, event.index)[1].signature = delta.signature
                         case "content_block_start":
                             block = event.content_block
                             if block.type == "tool_use":
-                                call = _Call(len(calls), block.id, block.name, block.input)
+                                call = PendingCall(len(calls), block.id, block.name, block.input)
                                 calls[event.index] = call
                                 yield ToolCallStarted(
                                     index=call.index, id=block.id, name=block.name
                                 )
+                            elif block.type == "thinking":
+                                pieces, part = self._block(thinking, event.index)
+                                part.signature = block.signature or None
+                                if block.thinking:
+                                    pieces.append(block.thinking)
+                                    yield ReasoningDelta(text=block.thinking)
+                            elif block.type == "redacted_thinking":
+                                part = self._block(thinking, event.index)[1]
+                                part.redacted_data = block.data
                         case "message_start":
                             model = event.message.model or model
                             input_tokens = _input_tokens(event.message.usage)
@@ -209,10 +248,28 @@ class AnthropicProvider(ModelProvider):
         yield UsageEvent(
             usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens, requests=1)
         )
+        reasoning = []
+        for index in sorted(thinking):  # thinking goes back in the order it came
+            pieces, part = thinking[index]
+            part.text = "".join(pieces)
+            reasoning.append(part)
         message = AssistantMessage(
-            content="".join(text), tool_calls=tool_calls, provider=self.name, model=model
+            content=answer_content(reasoning, "".join(text)),
+            tool_calls=tool_calls,
+            provider=self.name,
+            model=model,
         )
         yield ResponseFinished(finish_reason=_finish_reason(stop_reason), message=message)
+
+    @staticmethod
+    def _block(
+        thinking: dict[int, tuple[list[str], ReasoningPart]], index: int
+    ) -> tuple[list[str], ReasoningPart]:
+        """The thinking block at ``index``: its text pieces so far and its part."""
+        entry = thinking.get(index)
+        if entry is None:
+            entry = thinking[index] = ([], ReasoningPart(provider=PROVIDER))
+        return entry
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         """One answer from a non-streaming request.
@@ -220,19 +277,12 @@ class AnthropicProvider(ModelProvider):
         Raises:
             ProviderError: as :meth:`stream` does.
         """
-        system, messages = to_anthropic_messages(request.messages)
         try:
-            answer = await self._sdk().messages.create(
-                model=request.model or self.model,
-                max_tokens=self._max_tokens(request),
-                messages=messages,
-                system=system or anthropic.omit,
-                tools=to_anthropic_tools(request.tools) or anthropic.omit,
-                extra_body=self._extra_body(request),
-            )
+            answer = await self._sdk().messages.create(**self._params(request))
         except anthropic.APIError as exc:
             raise self._error(exc) from exc
         text: list[str] = []
+        reasoning: list[ReasoningPart] = []
         calls: list[ToolCall] = []
         for block in answer.content:
             if block.type == "text":
@@ -241,13 +291,19 @@ class AnthropicProvider(ModelProvider):
                 calls.append(
                     ToolCall(id=block.id, name=block.name, arguments=json.dumps(block.input))
                 )
+            elif block.type == "thinking":
+                reasoning.append(
+                    ReasoningPart(text=block.thinking, signature=block.signature, provider=PROVIDER)
+                )
+            elif block.type == "redacted_thinking":
+                reasoning.append(ReasoningPart(redacted_data=block.data, provider=PROVIDER))
         usage = Usage(
             input_tokens=_input_tokens(answer.usage),
             output_tokens=answer.usage.output_tokens,
             requests=1,
         )
         message = AssistantMessage(
-            content="".join(text),
+            content=answer_content(reasoning, "".join(text)),
             tool_calls=calls,
             provider=self.name,
             model=answer.model or request.model or self.model,
@@ -255,29 +311,10 @@ class AnthropicProvider(ModelProvider):
         return ModelResponse(message, usage, _finish_reason(answer.stop_reason or "end_turn"))
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
+        """Close the SDK client; the next request makes a new one."""
+        client, self._client = self._client, None
+        if client is not None and self._loop is asyncio.get_running_loop():
             await client.close()
-
-
-class _Call:
-    """A tool call being assembled from ``input_json_delta`` pieces."""
-
-    __slots__ = ("id", "index", "initial", "name", "parts")
-
-    def __init__(self, index: int, call_id: str, name: str, initial: object) -> None:
-        self.index = index
-        self.id = call_id
-        self.name = name
-        self.initial = initial  # the block's input at its start; normally empty
-        self.parts: list[str] = []
-
-    def done(self) -> ToolCall:
-        if self.parts:
-            arguments = "".join(self.parts)
-        else:
-            arguments = json.dumps(self.initial) if self.initial else "{}"
-        return ToolCall(id=self.id, name=self.name, arguments=arguments)
 
 
 def _input_tokens(usage: Any) -> int:
@@ -291,78 +328,3 @@ def _input_tokens(usage: Any) -> int:
 
 def _finish_reason(stop_reason: str) -> str:
     return _FINISH_REASONS.get(stop_reason, stop_reason)
-
-
-# --------------------------------------------------------------------------- conversion
-
-
-def _tool_input(arguments: str) -> dict[str, object]:
-    """A tool call's JSON arguments as the object the API wants back."""
-    try:
-        value = json.loads(arguments) if arguments.strip() else {}
-    except ValueError:
-        value = None
-    # The model once wrote arguments that are not an object; keep them so it sees its mistake.
-    return value if isinstance(value, dict) else {"raw_arguments": arguments}
-
-
-def to_anthropic_messages(messages: Sequence[Message]) -> tuple[str, list[MessageParam]]:
-    """Our messages as Anthropic's ``system`` text and ``messages`` list.
-
-    Consecutive messages of one role become one message, so the tool results of a turn travel
-    together in the user message that follows the assistant's ``tool_use`` blocks.
-    """
-    system: list[str] = []
-    turns: list[tuple[Literal["user", "assistant"], list[ContentBlockParam]]] = []
-
-    def add(role: Literal["user", "assistant"], block: ContentBlockParam) -> None:
-        if turns and turns[-1][0] == role:
-            turns[-1][1].append(block)
-        else:
-            turns.append((role, [block]))
-
-    for message in messages:
-        match message:
-            case SystemMessage():
-                system.append(message.content)
-            case UserMessage():
-                add("user", {"type": "text", "text": message.content})
-            case AssistantMessage():
-                if message.content:
-                    add("assistant", {"type": "text", "text": message.content})
-                for call in message.tool_calls:
-                    add(
-                        "assistant",
-                        {
-                            "type": "tool_use",
-                            "id": call.id,
-                            "name": call.name,
-                            "input": _tool_input(call.arguments),
-                        },
-                    )
-            case ToolResultMessage():
-                result: ToolResultBlockParam = {
-                    "type": "tool_result",
-                    "tool_use_id": message.tool_call_id,
-                    "content": message.content,
-                }
-                if message.is_error:
-                    result["is_error"] = True
-                add("user", result)
-            case _:
-                assert_never(message)
-    out: list[MessageParam] = []
-    for role, blocks in turns:
-        if role == "user":
-            out.append({"role": "user", "content": blocks})
-        else:
-            out.append({"role": "assistant", "content": blocks})
-    return "\n\n".join(system), out
-
-
-def to_anthropic_tools(tools: Sequence[ToolDefinition]) -> list[ToolParam]:
-    """Tool definitions in the Messages API format."""
-    return [
-        {"name": tool.name, "description": tool.description, "input_schema": tool.parameters}
-        for tool in tools
-    ]

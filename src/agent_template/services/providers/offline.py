@@ -125,7 +125,7 @@ class TestProvider(ModelProvider):
             yield ToolCallDelta(index=index, arguments_delta=call.arguments)
             yield ToolCallReady(index=index, call=call)
         usage = Usage(
-            input_tokens=sum(estimate_tokens(_text_of(m)) for m in request.messages),
+            input_tokens=sum(estimate_tokens(m.text) for m in request.messages),
             output_tokens=estimate_tokens(turn.text) + sum(len(c.arguments) // 4 for c in calls),
             requests=1,
         )
@@ -134,11 +134,6 @@ class TestProvider(ModelProvider):
             content=turn.text, tool_calls=calls, provider=self.name, model=self.model
         )
         yield ResponseFinished(finish_reason="tool_calls" if calls else "stop", message=message)
-
-
-def _text_of(message: Any) -> str:
-    content = getattr(message, "content", "")
-    return content if isinstance(content, str) else str(content)
 
 
 def _summarise(transcript: str) -> str:
@@ -162,12 +157,11 @@ def _answer(request: ModelRequest) -> TestTurn:
     if results:
         results.reverse()
         lines = [
-            f"The tool {r.name} {'failed' if r.is_error else 'returned'}: {r.content}"
-            for r in results
+            f"The tool {r.name} {'failed' if r.is_error else 'returned'}: {r.text}" for r in results
         ]
         return TestTurn(text="\n".join(lines))
     last = next((m for m in reversed(messages) if isinstance(m, UserMessage)), None)
-    said = last.content.strip() if last else ""
+    said = last.text.strip() if last else ""
     if said.startswith(_TRANSCRIPT_MARK):  # a context-compression request
         return TestTurn(text=_summarise(said))
     match = _CALL_RE.match(said)

@@ -3,14 +3,16 @@
 OpenAI, DeepSeek, Qwen (DashScope), Ollama, vLLM and other local servers all take the same
 requests, so one provider class serves them; the registry configures each by name, base URL and
 key. Local models often write tool calls as text; with ``text_tool_calls`` such calls become real
-ones (see :mod:`._text_tools`).
+ones (see :mod:`._text_tools`). Messages are converted in :mod:`._openai_convert`, the stream
+parsed in :mod:`._openai_stream`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import assert_never
+from typing import Any
 
 from agent_template.errors import ConfigurationError, ProviderError, StreamError
 
@@ -20,41 +22,48 @@ except ImportError as exc:  # pragma: no cover - openai is a core dependency
     raise ConfigurationError(
         "The OpenAI-compatible providers need the 'openai' package: pip install openai"
     ) from exc
-from openai.types.chat import (
-    ChatCompletionFunctionToolParam,
-    ChatCompletionMessageFunctionToolCallParam,
-    ChatCompletionMessageParam,
-)
 
 from agent_template.models import (
     AssistantMessage,
-    Message,
     ModelEvent,
     ModelRequest,
     ModelResponse,
-    SystemMessage,
+    ReasoningPart,
     ToolCall,
-    ToolDefinition,
-    ToolResultMessage,
     Usage,
-    UserMessage,
 )
 from agent_template.services.model_provider import ModelProvider
+from agent_template.services.providers._assembly import answer_content
 from agent_template.services.providers._errors import openai_error
-from agent_template.services.providers._openai_stream import chunk_events, text_call_events
+from agent_template.services.providers._openai_convert import (
+    to_openai_messages,
+    to_openai_tool_choice,
+    to_openai_tools,
+)
+from agent_template.services.providers._openai_stream import (
+    chunk_events,
+    reasoning_of,
+    text_call_events,
+)
 from agent_template.services.providers._text_tools import TextToolCallParser
 
-__all__ = ["OpenAICompatProvider"]
+__all__ = ["OpenAICompatProvider", "to_openai_messages", "to_openai_tools"]
 
 _DEFAULT_TIMEOUT_S = 60.0
-_TOOL_ERROR_PREFIX = "Error: "  # the chat API has no error flag on tool results
 
 
 class OpenAICompatProvider(ModelProvider):
     """A provider for the OpenAI chat-completions API, on the official ``openai`` SDK.
 
-    The SDK client is created on first use; the SDK's own retries are off because
+    The SDK client is created on first use, and again after :meth:`aclose` or when it is used
+    from another event loop than the one it was made on (an ``httpx`` client cannot cross
+    loops). The SDK's own retries are off because
     :class:`~agent_template.services.model_provider.ModelManager` retries and fails over.
+
+    Every :class:`ModelRequest` option is sent; ``tool_choice`` and ``parallel_tool_calls``
+    only with tools, since the API refuses them without. Reasoning the model reported
+    (DeepSeek's and Qwen's ``reasoning_content``, or ``reasoning``) arrives as reasoning events
+    and parts; it is not sent back in later requests, as those servers require.
 
     Args:
         name: the configured provider name (``openai``, ``deepseek``, ``qwen``, ``ollama``,
@@ -87,8 +96,14 @@ class OpenAICompatProvider(ModelProvider):
         self.text_tool_calls = text_tool_calls
         self._api_key = api_key
         self._client: openai.AsyncOpenAI | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _sdk(self) -> openai.AsyncOpenAI:
+        loop = asyncio.get_running_loop()
+        if self._client is not None and self._loop is not loop:
+            # Made on a loop that has ended (one asyncio.run per call): its connections
+            # belong to that loop and cannot be used or closed from this one.
+            self._client = None
         if self._client is None:
             self._client = openai.AsyncOpenAI(
                 api_key=self._api_key,
@@ -96,6 +111,7 @@ class OpenAICompatProvider(ModelProvider):
                 timeout=self.timeout,
                 max_retries=0,
             )
+            self._loop = loop
         return self._client
 
     def _error(self, exc: Exception) -> ProviderError:
@@ -122,6 +138,31 @@ class OpenAICompatProvider(ModelProvider):
             return openai.omit
         return request.max_tokens
 
+    def _params(self, request: ModelRequest) -> dict[str, Any]:
+        """The arguments of ``chat.completions.create`` shared by :meth:`stream` and
+        :meth:`complete`; options the request leaves at None are not sent."""
+        params: dict[str, Any] = {
+            "model": request.model or self.model,
+            "messages": to_openai_messages(request.messages),
+            "max_tokens": self._limit(request, "max_tokens"),
+            "max_completion_tokens": self._limit(request, "max_completion_tokens"),
+        }
+        if request.tools:
+            params["tools"] = to_openai_tools(request.tools)
+            if request.tool_choice is not None:
+                params["tool_choice"] = to_openai_tool_choice(request.tool_choice)
+            if request.parallel_tool_calls is not None:
+                params["parallel_tool_calls"] = request.parallel_tool_calls
+        options = {
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "stop": request.stop,
+            "seed": request.seed,
+            "response_format": request.response_format,
+        }
+        params.update((key, value) for key, value in options.items() if value is not None)
+        return params
+
     def _parser(self, request: ModelRequest) -> TextToolCallParser | None:
         if not (self.text_tool_calls and request.tools):
             return None
@@ -137,14 +178,7 @@ class OpenAICompatProvider(ModelProvider):
         client = self._sdk()
         try:
             chunks = await client.chat.completions.create(
-                model=request.model or self.model,
-                messages=to_openai_messages(request.messages),
-                tools=to_openai_tools(request.tools) or openai.omit,
-                temperature=openai.omit if request.temperature is None else request.temperature,
-                max_tokens=self._limit(request, "max_tokens"),
-                max_completion_tokens=self._limit(request, "max_completion_tokens"),
-                stream=True,
-                stream_options={"include_usage": True},
+                **self._params(request), stream=True, stream_options={"include_usage": True}
             )
         except openai.APIError as exc:
             raise self._error(exc) from exc
@@ -166,20 +200,13 @@ class OpenAICompatProvider(ModelProvider):
             ProviderError: as :meth:`stream` does.
         """
         try:
-            completion = await self._sdk().chat.completions.create(
-                model=request.model or self.model,
-                messages=to_openai_messages(request.messages),
-                tools=to_openai_tools(request.tools) or openai.omit,
-                temperature=openai.omit if request.temperature is None else request.temperature,
-                max_tokens=self._limit(request, "max_tokens"),
-                max_completion_tokens=self._limit(request, "max_completion_tokens"),
-            )
+            completion = await self._sdk().chat.completions.create(**self._params(request))
         except openai.APIError as exc:
             raise self._error(exc) from exc
         if not completion.choices:
             raise StreamError(self.name, "the answer had no choices")
         choice = completion.choices[0]
-        content = choice.message.content or ""
+        text = choice.message.content or ""
         calls = [
             ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments or "{}")
             for c in choice.message.tool_calls or ()
@@ -187,9 +214,9 @@ class OpenAICompatProvider(ModelProvider):
         ]
         parser = self._parser(request)
         if parser is not None:
-            content = parser.feed(content)
+            text = parser.feed(text)
             rest, found = parser.finish()
-            content += rest
+            text += rest
             calls.extend(text_call_events(found, len(calls))[1])
         finish_reason: str = choice.finish_reason or "stop"
         if calls and finish_reason == "stop":
@@ -201,8 +228,10 @@ class OpenAICompatProvider(ModelProvider):
                 output_tokens=completion.usage.completion_tokens,
                 requests=1,
             )
+        thought = reasoning_of(choice.message.model_extra)
+        reasoning = [ReasoningPart(text=thought, provider=self.name)] if thought else []
         message = AssistantMessage(
-            content=content,
+            content=answer_content(reasoning, text),
             tool_calls=calls,
             provider=self.name,
             model=completion.model or request.model or self.model,
@@ -210,60 +239,7 @@ class OpenAICompatProvider(ModelProvider):
         return ModelResponse(message, usage, finish_reason)
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
+        """Close the SDK client; the next request makes a new one."""
+        client, self._client = self._client, None
+        if client is not None and self._loop is asyncio.get_running_loop():
             await client.close()
-
-
-# --------------------------------------------------------------------------- conversion
-
-
-def to_openai_messages(messages: Sequence[Message]) -> list[ChatCompletionMessageParam]:
-    """Our messages in the chat-completions format."""
-    out: list[ChatCompletionMessageParam] = []
-    for message in messages:
-        match message:
-            case SystemMessage():
-                out.append({"role": "system", "content": message.content})
-            case UserMessage():
-                out.append({"role": "user", "content": message.content})
-            case AssistantMessage():
-                if not message.tool_calls:
-                    out.append({"role": "assistant", "content": message.content})
-                    continue
-                calls: list[ChatCompletionMessageFunctionToolCallParam] = [
-                    {
-                        "id": call.id,
-                        "type": "function",
-                        "function": {"name": call.name, "arguments": call.arguments},
-                    }
-                    for call in message.tool_calls
-                ]
-                out.append(
-                    {"role": "assistant", "content": message.content or None, "tool_calls": calls}
-                )
-            case ToolResultMessage():
-                content = message.content
-                if message.is_error:
-                    content = _TOOL_ERROR_PREFIX + content
-                out.append(
-                    {"role": "tool", "tool_call_id": message.tool_call_id, "content": content}
-                )
-            case _:
-                assert_never(message)
-    return out
-
-
-def to_openai_tools(tools: Sequence[ToolDefinition]) -> list[ChatCompletionFunctionToolParam]:
-    """Tool definitions in the chat-completions format."""
-    return [
-        {
-            "type": "function",
-            "function": {
-                "name": tool.name,
-                "description": tool.description,
-                "parameters": tool.parameters,
-            },
-        }
-        for tool in tools
-    ]

@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 BACKENDS: Final = ("memory", "sqlite", "redis")
+OUTAGE_MARKER: Final = "redis_outage"  # in the cache folder: when Redis was last found down
 _LAZY = {
     "RedisStateCache": "agent_template.services.state_cache.redis",
     "SQLiteStateCache": "agent_template.services.state_cache.sqlite",
@@ -61,7 +62,9 @@ def create_state_cache(
     """Build the state cache that ``settings`` ask for. No connection is made yet.
 
     With ``settings.redis_url`` set: Redis, wrapped in a :class:`FallbackStateCache` that
-    serves from SQLite at ``settings.data_dir / "cache" / "state.db"`` while Redis is down.
+    serves from SQLite at ``settings.data_dir / "cache" / "state.db"`` while Redis is down,
+    and remembers an outage for the next process in ``settings.data_dir / "cache" /
+    "redis_outage"`` (so a CLI run after one that found Redis down does not wait for it).
     Without it: an in-process :class:`MemoryStateCache`. A ``cache_backend`` setting of
     ``memory``, ``sqlite`` or ``redis`` overrides the choice (``redis`` keeps the fallback).
 
@@ -84,7 +87,8 @@ def create_state_cache(
 
     from agent_template.services.state_cache.sqlite import SQLiteStateCache
 
-    sqlite_cache = SQLiteStateCache(settings.data_dir / "cache" / "state.db", namespace=namespace)
+    cache_dir = settings.data_dir / "cache"
+    sqlite_cache = SQLiteStateCache(cache_dir / "state.db", namespace=namespace)
     if choice == "sqlite":
         return sqlite_cache
     if not settings.redis_url:
@@ -98,4 +102,5 @@ def create_state_cache(
         RedisStateCache(settings.redis_url, namespace=namespace),
         sqlite_cache,
         on_fallback=on_fallback,
+        outage_marker=cache_dir / OUTAGE_MARKER,
     )

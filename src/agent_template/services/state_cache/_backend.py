@@ -64,6 +64,9 @@ class BackendStateCache(StateCache):
     @abstractmethod
     async def _delete(self, key: str) -> bool: ...
 
+    async def _delete_many(self, keys: list[str]) -> int:
+        return sum([await self._delete(key) for key in keys])
+
     @abstractmethod
     async def _exists(self, key: str) -> bool: ...
 
@@ -113,6 +116,14 @@ class BackendStateCache(StateCache):
     async def delete(self, key: str) -> bool:
         removed = await self._guard(self._delete(self.full_key(key)))
         self._counters.deletes += 1
+        return removed
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        full = [self.full_key(key) for key in dict.fromkeys(keys)]
+        if not full:
+            return 0
+        removed = await self._guard(self._delete_many(full))
+        self._counters.deletes += len(full)
         return removed
 
     async def exists(self, key: str) -> bool:

@@ -126,6 +126,16 @@ class StateCache(ABC):
     async def delete(self, key: str) -> bool:
         """Remove ``key``; return whether it was there."""
 
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        """Remove every key of ``keys``; return how many were there.
+
+        This default deletes one key at a time; backends override it with one round trip.
+        """
+        removed = 0
+        for key in dict.fromkeys(keys):
+            removed += await self.delete(key)
+        return removed
+
     @abstractmethod
     async def exists(self, key: str) -> bool:
         """Whether ``key`` holds an unexpired value."""

@@ -24,13 +24,23 @@ from agent_template.services.state_cache.base import (
 
 __all__ = ["RedisStateCache"]
 
-DEFAULT_SOCKET_TIMEOUT_S = 1.0  # a cache that cannot answer in a second is better bypassed
+# A cache is only worth it when it is fast: a Redis that has not answered within these is
+# bypassed (FallbackStateCache serves instead). A frozen Redis, one that accepts connections
+# and never replies, costs each caller at most one reply timeout, and a new connection on a
+# LAN takes milliseconds, not a quarter of a second.
+DEFAULT_SOCKET_TIMEOUT_S = 0.5
+DEFAULT_CONNECT_TIMEOUT_S = 0.25
 DEFAULT_HEALTH_CHECK_INTERVAL_S = 15  # PING a connection idle this long before reusing it
 DEFAULT_MAX_CONNECTIONS = 64
 # A burst of concurrent commands waits for a pooled connection rather than failing (redis-py's
 # plain pool raises "Too many connections", which would look like an outage).
 _POOL_WAIT_S = 5.0
 _SCAN_BATCH = 500
+_DELETE_BATCH = 500  # keys per DEL: one round trip each, without one huge command
+# Retry a command once on a dropped connection (a Redis restart, an idle connection the server
+# closed), which a fresh connection fixes at once. Never retry a timeout: the server is slow
+# or frozen, and a second wait would only double the delay before the fallback serves.
+_RETRY_ON = (RedisConnectionError,)
 
 # EXISTS before INCRBY inside one script, so the TTL is set only by the call that creates the key.
 _INCR_WITH_TTL = """
@@ -86,11 +96,14 @@ class RedisStateCache(BackendStateCache):
     every client of the server. After a restart or a dropped connection, redis-py reconnects
     on the next command; a command that fails on a broken connection is retried once, and a
     second failure raises :class:`CacheUnavailableError` (wrap the cache in
-    :class:`FallbackStateCache` to keep serving). Constructing the cache does no I/O.
+    :class:`FallbackStateCache` to keep serving). A command that times out is not retried:
+    it raises :class:`CacheUnavailableError` at once. Constructing the cache does no I/O.
 
     Args:
         url: a ``redis://`` or ``rediss://`` URL (``REDIS_URL``).
-        socket_timeout: seconds to wait for a reply, and for a connection.
+        socket_timeout: seconds to wait for a reply.
+        connect_timeout: seconds to wait for a connection (by default the shorter of
+            ``socket_timeout`` and :data:`DEFAULT_CONNECT_TIMEOUT_S`).
         health_check_interval: idle seconds after which a connection is checked before use.
         max_connections: the most connections open at once; further commands wait for one.
         namespace: the key prefix.
@@ -105,6 +118,7 @@ class RedisStateCache(BackendStateCache):
         url: str,
         *,
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT_S,
+        connect_timeout: float | None = None,
         health_check_interval: int = DEFAULT_HEALTH_CHECK_INTERVAL_S,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         namespace: str = DEFAULT_NAMESPACE,
@@ -112,6 +126,8 @@ class RedisStateCache(BackendStateCache):
     ) -> None:
         super().__init__(namespace=namespace)
         self._url = _redact(url)
+        if connect_timeout is None:
+            connect_timeout = min(socket_timeout, DEFAULT_CONNECT_TIMEOUT_S)
         self._client = client or Redis.from_pool(
             BlockingConnectionPool.from_url(
                 url,
@@ -119,9 +135,9 @@ class RedisStateCache(BackendStateCache):
                 timeout=_POOL_WAIT_S,
                 decode_responses=True,
                 socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_timeout,
+                socket_connect_timeout=connect_timeout,
                 health_check_interval=health_check_interval,
-                retry=Retry(NoBackoff(), 1),
+                retry=Retry(NoBackoff(), 1, supported_errors=_RETRY_ON),
             )
         )
         self._incr_script = self._client.register_script(_INCR_WITH_TTL)
@@ -155,6 +171,13 @@ class RedisStateCache(BackendStateCache):
         with self._translate():
             removed: int = await self._client.delete(key)
         return removed > 0
+
+    async def _delete_many(self, keys: list[str]) -> int:
+        removed = 0
+        with self._translate():
+            for start in range(0, len(keys), _DELETE_BATCH):
+                removed += await self._client.delete(*keys[start : start + _DELETE_BATCH])
+        return removed
 
     async def _exists(self, key: str) -> bool:
         with self._translate():

@@ -1,4 +1,4 @@
-"""Connecting to the database: URLs, SQLite pragmas, and who holds a task's lease."""
+"""Connecting to the database: URLs, SQLite pragmas, errors, and who holds a lease."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent_template.errors import ConfigurationError
+from agent_template.errors import (
+    ConfigurationError,
+    StorageError,
+    StorageMigrationError,
+    StoragePermissionError,
+    StorageUnavailableError,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,9 +26,13 @@ __all__ = [
     "async_url",
     "create_engine",
     "describe",
+    "migration_error",
     "owner_is_dead",
     "process_owner",
     "safe_url",
+    "sqlite_file",
+    "sqlite_path",
+    "unavailable_error",
 ]
 
 SQLITE_BUSY_TIMEOUT_S = 30  # writers of other processes wait this long for the lock
@@ -60,6 +70,84 @@ def describe(exc: BaseException) -> str:
     cause = getattr(exc, "orig", None) or exc
     text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
     return f"{type(cause).__name__}: {text}"
+
+
+# What SQLite says when the file or its folder cannot be created or written: a permission
+# problem on this machine, not a database that is down.
+_SQLITE_DENIED = (
+    "attempt to write a readonly database",
+    "unable to open database file",
+    "readonly database",
+)
+# Driver errors that mean the connection itself went away (asyncpg's class 08 errors, and the
+# "connection is closed" it raises afterwards), whichever wrapper SQLAlchemy put around them.
+_CONNECTION_LOST = ("PostgresConnectionError", "ConnectionDoesNotExistError")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc``, the driver error SQLAlchemy wraps, and their causes."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or any(current is e for e in seen):
+            continue
+        seen.append(current)
+        todo += [getattr(current, "orig", None), current.__cause__]
+    return seen
+
+
+def _denied(exc: BaseException) -> bool:
+    text = " ".join(str(e) for e in _chain(exc)).lower()
+    return any(phrase in text for phrase in _SQLITE_DENIED)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    for error in _chain(exc):
+        if getattr(error, "connection_invalidated", False):
+            return True
+        if isinstance(error, OSError | TimeoutError):
+            return True
+        if any(cls.__name__ in _CONNECTION_LOST for cls in type(error).__mro__):
+            return True
+    return False
+
+
+def unavailable_error(url: str, exc: BaseException) -> StorageError:
+    """The error for a database that cannot be reached (or a SQLite file that cannot be written)."""
+    path = sqlite_path(url)
+    if path is not None and _denied(exc):
+        return StoragePermissionError(path, describe(exc))
+    return StorageUnavailableError(safe_url(url), describe(exc))
+
+
+def migration_error(url: str, exc: BaseException) -> StorageError:
+    """The error for a failure while migrating a database that did answer.
+
+    Only a lost connection is reported as unavailable; anything else (a revision this code
+    does not know, a failed DDL statement) is a :class:`StorageMigrationError`.
+    """
+    path = sqlite_path(url)
+    if path is not None and _denied(exc):
+        return StoragePermissionError(path, describe(exc))
+    if _connection_lost(exc):
+        return StorageUnavailableError(safe_url(url), describe(exc))
+    return StorageMigrationError(safe_url(url), describe(exc))
+
+
+def sqlite_path(url: str) -> str | None:
+    """The database file of a SQLite URL; None for other databases and in-memory ones."""
+    if not url.startswith("sqlite"):
+        return None
+    return sqlite_file(url.partition(":///")[2].partition("?")[0])
+
+
+def sqlite_file(database: str | None) -> str | None:
+    """The file of a SQLite database name (a URL's path part); None for an in-memory one."""
+    path = (database or "").removeprefix("file:")  # a URI filename (``?uri=true``)
+    if not path or path == ":memory:":
+        return None
+    return str(Path(path).expanduser())
 
 
 def async_url(url: str) -> str:
@@ -110,8 +198,8 @@ async def create_engine(url: str, connect_args: dict[str, Any]) -> AsyncEngine:
     kwargs: dict[str, Any] = {"connect_args": dict(connect_args)}
     sqlite = url.startswith("sqlite")
     if sqlite:
-        path = url.partition(":///")[2]
-        if path and path != ":memory:":
+        path = sqlite_path(url)
+        if path is not None:
             await asyncio.to_thread(_make_parent, path)
         kwargs["connect_args"].setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
     engine = create_async_engine(url, **kwargs)
@@ -131,4 +219,9 @@ async def create_engine(url: str, connect_args: dict[str, Any]) -> AsyncEngine:
 
 
 def _make_parent(path: str) -> None:
-    Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only, a file in the way, no such drive...
+        detail = f"cannot create the folder {folder} ({type(exc).__name__}: {exc.strerror or exc})"
+        raise StoragePermissionError(path, detail) from exc

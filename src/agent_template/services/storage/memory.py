@@ -22,6 +22,7 @@ class MemorySessionStore:
         self._tasks: dict[str, TaskRecord] = {}
         self._todos: dict[str, list[TodoRecord]] = {}
         self._compaction: dict[str, dict[str, Any] | None] = {}
+        self._runs: dict[str, tuple[str, float]] = {}  # session id -> (holder task, until)
 
     async def open(self) -> None:
         return None
@@ -33,6 +34,12 @@ class MemorySessionStore:
         self._sessions[session.session_id] = session.model_copy()
         self._records.setdefault(session.session_id, [])
 
+    async def create_session_if_absent(self, session: Session) -> Session:
+        """Store ``session`` unless its id exists; return the stored one (see SQLStore)."""
+        if session.session_id not in self._sessions:
+            await self.save_session(session)
+        return self._sessions[session.session_id].model_copy()
+
     async def load_session(self, session_id: str) -> Session | None:
         session = self._sessions.get(session_id)
         return session.model_copy() if session else None
@@ -40,6 +47,7 @@ class MemorySessionStore:
     async def delete_session(self, session_id: str) -> bool:
         self._records.pop(session_id, None)
         self._todos.pop(session_id, None)
+        self._runs.pop(session_id, None)
         self._tasks = {k: t for k, t in self._tasks.items() if t.session_id != session_id}
         return self._sessions.pop(session_id, None) is not None
 
@@ -106,18 +114,74 @@ class MemorySessionStore:
             task.error,
             None,
             lease_until,
+            getattr(task, "user_id", None),
+            getattr(task, "parent_id", None),
         )
 
     async def renew_leases(self, task_ids: Iterable[str], until: float) -> None:
-        for task_id in task_ids:
+        ids = set(task_ids)
+        for task_id in ids:
             if task_id in self._tasks:
                 self._tasks[task_id].lease_expires_at = until
+        for session_id, (holder, _) in list(self._runs.items()):
+            if holder in ids:
+                self._runs[session_id] = (holder, until)
 
     async def load_tasks(self, session_id: str) -> list[TaskRecord]:
         return [t for t in self._tasks.values() if t.session_id == session_id]
 
     async def recover(self, now: float | None = None) -> list[str]:
         return []  # nothing outlives the process
+
+    async def acquire_run(
+        self,
+        session_id: str,
+        task_id: str,
+        until: float,
+        *,
+        kinds: Iterable[str] = ("chat",),
+    ) -> bool:
+        """Take the session's run lease for ``task_id`` until ``until`` (see SQLStore).
+
+        Free when nobody holds it or it expired; not granted while an older pending task of
+        the session, of a type in ``kinds``, waits with a live lease. False for a missing
+        session.
+        """
+        if session_id not in self._sessions:
+            return False
+        now = time.time()
+        mine = self._tasks.get(task_id)
+        if mine is not None:
+            wanted = set(kinds)
+            for other in self._tasks.values():
+                if (
+                    other.session_id == session_id
+                    and other.task_id != task_id
+                    and other.state == "pending"
+                    and other.type in wanted
+                    and other.created_at < mine.created_at
+                    and other.lease_expires_at is not None
+                    and other.lease_expires_at >= now
+                ):
+                    return False
+        held = self._runs.get(session_id)
+        if held is not None and held[0] != task_id and held[1] >= now:
+            return False
+        self._runs[session_id] = (task_id, until)
+        return True
+
+    async def release_run(self, session_id: str, task_id: str) -> None:
+        """Free the session's run lease if ``task_id`` holds it."""
+        held = self._runs.get(session_id)
+        if held is not None and held[0] == task_id:
+            del self._runs[session_id]
+
+    async def run_holder(self, session_id: str) -> str | None:
+        """The task holding a live run lease on the session, or None."""
+        held = self._runs.get(session_id)
+        if held is None or held[1] < time.time():
+            return None
+        return held[0]
 
     async def save_todos(self, session_id: str, items: Sequence[TodoRecord]) -> None:
         self._todos[session_id] = list(items)

@@ -23,6 +23,12 @@ class MessageRecord:
 
 @dataclass(slots=True)
 class TaskRecord:
+    """A stored task: its state, its times and the lease of the process running it.
+
+    ``user_id`` and ``parent_id`` come last, with defaults, so records built positionally
+    before they existed still work.
+    """
+
     task_id: str
     session_id: str | None
     type: str
@@ -33,6 +39,8 @@ class TaskRecord:
     error: str | None
     lease_owner: str | None
     lease_expires_at: float | None
+    user_id: str | None = None
+    parent_id: str | None = None
 
 
 @dataclass(slots=True)

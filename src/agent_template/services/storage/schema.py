@@ -43,7 +43,13 @@ sessions = Table(
     Column("last_active_at", Float, nullable=False),
     Column("message_count", Integer, nullable=False, default=0),
     Column("compaction", Text),  # the context compressor's state, JSON
+    # The run lease: the task whose run (chat turn) works on the session now, the process
+    # that holds it for that task, and until when; all NULL while the session is free.
+    Column("run_holder", String(64)),
+    Column("run_owner", String(128)),
+    Column("run_lease_expires_at", Float),
 )
+Index("ix_sessions_run_holder", sessions.c.run_holder)
 
 messages = Table(
     "messages",
@@ -84,9 +90,12 @@ tasks = Table(
     Column("finished_at", Float),
     Column("lease_owner", String(128)),
     Column("lease_expires_at", Float),
+    Column("user_id", String(128)),
+    Column("parent_id", String(64)),
 )
 Index("ix_tasks_session_id", tasks.c.session_id)
 Index("ix_tasks_state", tasks.c.state)
+Index("ix_tasks_user_id", tasks.c.user_id)
 
 todos = Table(
     "todos",

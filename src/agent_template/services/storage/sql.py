@@ -1,7 +1,9 @@
 """The SQL repository: sessions, messages, tasks, todos on SQLite or PostgreSQL.
 
-The only module that writes SQL. Every write is one transaction committed before the call
-returns, so whatever a caller acknowledges afterwards survives a crash of the process.
+:class:`SQLStore` is assembled here from its parts in ``messages.py`` (message rows) and
+``leases.py`` (tasks and leases); with ``checks.py``, the only modules with SQL in them. Every
+write is one transaction committed before the call returns, so whatever a caller
+acknowledges afterwards survives a crash of the process.
 """
 
 from __future__ import annotations
@@ -9,26 +11,28 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import delete, insert, select, update
 
-from agent_template.errors import StorageUnavailableError
-from agent_template.models import AssistantMessage, Message, Session, Task
+from agent_template.errors import StorageError
+from agent_template.models import Session
 from agent_template.services.storage import schema as s
-from agent_template.services.storage.codec import COMPRESS_ABOVE_BYTES, decode, encode
+from agent_template.services.storage.codec import COMPRESS_ABOVE_BYTES
 from agent_template.services.storage.engine import (
     CONNECT_FAILURES,
     UNAVAILABLE,
     async_url,
     create_engine,
-    describe,
-    owner_is_dead,
+    migration_error,
     process_owner,
-    safe_url,
+    unavailable_error,
 )
+from agent_template.services.storage.leases import TaskLeases
+from agent_template.services.storage.messages import MessageLog
 from agent_template.services.storage.records import MessageRecord, TaskRecord, TodoRecord
+from agent_template.services.storage.upsert import upsert
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -36,7 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["MessageRecord", "SQLStore", "TaskRecord", "TodoRecord", "async_url"]
 
 
-class SQLStore:
+class SQLStore(MessageLog, TaskLeases):
     """Sessions, messages, tasks and todos in a SQL database.
 
     Args:
@@ -46,7 +50,8 @@ class SQLStore:
         connect_args: passed to the driver (for example a PostgreSQL ``search_path``).
 
     Nothing happens until :meth:`open` (called by the first operation), which applies the
-    migrations.
+    migrations. Messages come from :class:`MessageLog`; tasks, their leases and the session
+    run lease from :class:`TaskLeases`.
     """
 
     def __init__(
@@ -69,22 +74,36 @@ class SQLStore:
         return self.url.split("+")[0]
 
     async def open(self) -> AsyncEngine:
-        """Connect lazily and apply the migrations.
+        """Connect lazily and apply the migrations (other processes may do so at once).
 
         Raises:
-            StorageUnavailableError: when the database cannot be reached.
+            StorageUnavailableError: when the database cannot be reached, refuses the
+                connection (unknown database, user or password), or goes away meanwhile.
+            StoragePermissionError: when the SQLite file or its folder cannot be created or
+                written.
+            StorageMigrationError: when the database answered but a migration failed.
         """
         if self._engine is not None:
             return self._engine
         engine = await create_engine(self.url, self._connect_args)
-        if self._migrate:
-            from agent_template.services.storage.migrate import upgrade
-
+        try:
             try:
-                await upgrade(engine)
+                async with engine.connect():
+                    pass  # a failure here is about reaching the database, not its schema
             except CONNECT_FAILURES as exc:
-                await engine.dispose()
-                raise StorageUnavailableError(safe_url(self.url), describe(exc)) from exc
+                raise unavailable_error(self.url, exc) from exc
+            if self._migrate:
+                from agent_template.services.storage.migrate import upgrade
+
+                try:
+                    await upgrade(engine)
+                except StorageError:
+                    raise
+                except Exception as exc:
+                    raise migration_error(self.url, exc) from exc
+        except BaseException:
+            await engine.dispose()
+            raise
         self._engine = engine
         return engine
 
@@ -100,13 +119,14 @@ class SQLStore:
         Raises:
             StorageUnavailableError: when the database cannot be reached, refuses the
                 connection, or goes away during the call.
+            StoragePermissionError: when SQLite cannot write its file.
         """
         engine = self._engine or await self.open()
         conn = engine.connect()
         try:
             await conn.start()
         except CONNECT_FAILURES as exc:
-            raise StorageUnavailableError(safe_url(self.url), describe(exc)) from exc
+            raise unavailable_error(self.url, exc) from exc
         try:
             if write:
                 async with conn.begin():
@@ -114,30 +134,46 @@ class SQLStore:
             else:
                 yield conn
         except UNAVAILABLE as exc:
-            raise StorageUnavailableError(safe_url(self.url), describe(exc)) from exc
+            raise unavailable_error(self.url, exc) from exc
         finally:
             await conn.close()
 
     # ------------------------------------------------------------------ sessions
 
     async def save_session(self, session: Session) -> None:
-        values = {
-            "user_id": session.user_id,
-            "title": session.title,
-            "metadata": json.dumps(session.metadata),
-            "model_settings": json.dumps(session.model_settings),
-            "created_at": session.created_at,
-            "updated_at": session.updated_at,
-            "last_active_at": session.last_active_at,
-        }
+        """Create the session, or update its title, metadata, settings and times.
+
+        The message count, compaction state and run lease stay as stored. Concurrent saves
+        of one new id never fail: the database resolves them (the last one wins).
+        """
+        values = _session_values(session)
+        statement = upsert(
+            self.dialect,
+            s.sessions,
+            {"id": session.session_id, "message_count": 0, **values},
+            update_columns=list(values),
+        )
         async with self._tx(write=True) as conn:
-            done = await conn.execute(
-                update(s.sessions).where(s.sessions.c.id == session.session_id).values(**values)
-            )
-            if not done.rowcount:
-                await conn.execute(
-                    insert(s.sessions).values(id=session.session_id, message_count=0, **values)
-                )
+            await conn.execute(statement)
+
+    async def create_session_if_absent(self, session: Session) -> Session:
+        """Store ``session`` unless a session with its id exists; return the stored one.
+
+        Race-free across processes: of concurrent calls for one id, one inserts and the
+        others get its row (whoever owns it, so check ``user_id`` before using it).
+        """
+        statement = upsert(
+            self.dialect,
+            s.sessions,
+            {"id": session.session_id, "message_count": 0, **_session_values(session)},
+            update_columns=None,
+        )
+        async with self._tx(write=True) as conn:
+            await conn.execute(statement)
+            row = (
+                await conn.execute(select(s.sessions).where(s.sessions.c.id == session.session_id))
+            ).one()
+        return _session(row)
 
     async def load_session(self, session_id: str) -> Session | None:
         async with self._tx() as conn:
@@ -168,252 +204,6 @@ class SQLStore:
                 select(s.sessions.c.id).where(s.sessions.c.last_active_at < cutoff)
             )
             return [r[0] for r in rows]
-
-    # ------------------------------------------------------------------ messages
-
-    async def _reserve(self, conn: AsyncConnection, session_id: str, n: int, now: float) -> int:
-        """Take ``n`` sequence numbers; the row lock serialises writers of one session."""
-        done = await conn.execute(
-            update(s.sessions)
-            .where(s.sessions.c.id == session_id)
-            .values(
-                message_count=s.sessions.c.message_count + n,
-                updated_at=now,
-                last_active_at=now,
-            )
-            .returning(s.sessions.c.message_count)
-        )
-        row = done.first()
-        if row is None:
-            from agent_template.errors import SessionNotFoundError
-
-            raise SessionNotFoundError(session_id)
-        return int(row[0]) - n + 1
-
-    async def append_messages(
-        self, session_id: str, messages: Sequence[Message], *, task_id: str | None = None
-    ) -> list[int]:
-        """Store messages in order; an assistant message replaces the task's checkpoint."""
-        if not messages:
-            return []
-        now = time.time()
-        seqs: list[int] = []
-        async with self._tx(write=True) as conn:
-            rest = list(messages)
-            if task_id is not None and isinstance(rest[0], AssistantMessage):
-                streaming = await self._streaming_row(conn, task_id)
-                if streaming is not None:
-                    seq = await self._rewrite(conn, streaming, rest.pop(0), now)
-                    seqs.append(seq)
-            if rest:
-                first = await self._reserve(conn, session_id, len(rest), now)
-                rows = []
-                for i, message in enumerate(rest):
-                    encoding, body = encode(message, self.compress_above)
-                    rows.append(
-                        {
-                            "session_id": session_id,
-                            "seq": first + i,
-                            "role": message.role,
-                            "status": getattr(message, "status", "complete"),
-                            "encoding": encoding,
-                            "body": body,
-                            "task_id": task_id,
-                            "created_at": now,
-                            "updated_at": now,
-                        }
-                    )
-                    seqs.append(first + i)
-                await conn.execute(insert(s.messages), rows)
-        return seqs
-
-    async def _streaming_row(self, conn: AsyncConnection, task_id: str) -> tuple[int, int] | None:
-        row = (
-            await conn.execute(
-                select(s.messages.c.id, s.messages.c.seq)
-                .where(and_(s.messages.c.task_id == task_id, s.messages.c.status == "streaming"))
-                .order_by(s.messages.c.seq.desc())
-                .limit(1)
-            )
-        ).first()
-        return (int(row[0]), int(row[1])) if row else None
-
-    async def _rewrite(
-        self, conn: AsyncConnection, row: tuple[int, int], message: Message, now: float
-    ) -> int:
-        encoding, body = encode(message, self.compress_above)
-        await conn.execute(
-            update(s.messages)
-            .where(s.messages.c.id == row[0])
-            .values(
-                status=getattr(message, "status", "complete"),
-                encoding=encoding,
-                body=body,
-                updated_at=now,
-            )
-        )
-        return row[1]
-
-    async def checkpoint(self, session_id: str, task_id: str, text: str) -> None:
-        """Save the text of an answer still streaming (one row per task, rewritten in place)."""
-        now = time.time()
-        message = AssistantMessage(content=text, status="streaming")
-        async with self._tx(write=True) as conn:
-            streaming = await self._streaming_row(conn, task_id)
-            if streaming is not None:
-                await self._rewrite(conn, streaming, message, now)
-                return
-            seq = await self._reserve(conn, session_id, 1, now)
-            encoding, body = encode(message, self.compress_above)
-            await conn.execute(
-                insert(s.messages).values(
-                    session_id=session_id,
-                    seq=seq,
-                    role="assistant",
-                    status="streaming",
-                    encoding=encoding,
-                    body=body,
-                    task_id=task_id,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-
-    async def load_records(
-        self, session_id: str, *, limit: int | None = None, after_seq: int = 0
-    ) -> list[MessageRecord]:
-        """Messages in order; with ``limit``, the most recent ones (read from the end)."""
-        m = s.messages
-        query = select(
-            m.c.seq, m.c.status, m.c.encoding, m.c.body, m.c.task_id, m.c.created_at
-        ).where(and_(m.c.session_id == session_id, m.c.seq > after_seq))
-        if limit is not None:
-            query = query.order_by(m.c.seq.desc()).limit(limit)
-        else:
-            query = query.order_by(m.c.seq)
-        async with self._tx() as conn:
-            rows = list((await conn.execute(query)).all())
-        if limit is not None:
-            rows.reverse()
-        records = []
-        for seq, status, encoding, body, task_id, created in rows:
-            message = decode(encoding, body)
-            if isinstance(message, AssistantMessage) and message.status != status:
-                message.status = status
-            records.append(MessageRecord(seq, message, status, task_id, created, encoding == 1))
-        return records
-
-    async def load_messages(self, session_id: str, limit: int | None = None) -> list[Message]:
-        return [r.message for r in await self.load_records(session_id, limit=limit)]
-
-    async def count_messages(self, session_id: str) -> int:
-        async with self._tx() as conn:
-            value = await conn.scalar(
-                select(func.count())
-                .select_from(s.messages)
-                .where(s.messages.c.session_id == session_id)
-            )
-        return int(value or 0)
-
-    # ------------------------------------------------------------------ tasks and leases
-
-    async def record_task(self, task: Task, lease_until: float | None) -> None:
-        """Insert or update a task; a running task holds a lease owned by this process."""
-        values = {
-            "session_id": task.session_id,
-            "type": task.type,
-            "state": task.state.value,
-            "priority": int(task.priority),
-            "payload": json.dumps(task.payload, default=str),
-            "result": None if task.result is None else json.dumps(task.result, default=str),
-            "error": task.error,
-            "created_at": task.created_at,
-            "started_at": task.started_at,
-            "finished_at": task.finished_at,
-            "lease_owner": self.owner if lease_until is not None else None,
-            "lease_expires_at": lease_until,
-        }
-        async with self._tx(write=True) as conn:
-            done = await conn.execute(
-                update(s.tasks).where(s.tasks.c.id == task.task_id).values(**values)
-            )
-            if not done.rowcount:
-                await conn.execute(insert(s.tasks).values(id=task.task_id, **values))
-
-    async def renew_leases(self, task_ids: Iterable[str], until: float) -> None:
-        ids = list(task_ids)
-        if not ids:
-            return
-        async with self._tx(write=True) as conn:
-            await conn.execute(
-                update(s.tasks)
-                .where(and_(s.tasks.c.id.in_(ids), s.tasks.c.lease_owner == self.owner))
-                .values(lease_expires_at=until)
-            )
-
-    async def load_tasks(self, session_id: str) -> list[TaskRecord]:
-        t = s.tasks
-        async with self._tx() as conn:
-            rows = (
-                await conn.execute(
-                    select(
-                        t.c.id,
-                        t.c.session_id,
-                        t.c.type,
-                        t.c.state,
-                        t.c.created_at,
-                        t.c.started_at,
-                        t.c.finished_at,
-                        t.c.error,
-                        t.c.lease_owner,
-                        t.c.lease_expires_at,
-                    )
-                    .where(t.c.session_id == session_id)
-                    .order_by(t.c.created_at)
-                )
-            ).all()
-        return [TaskRecord(*tuple(row)) for row in rows]
-
-    async def recover(self, now: float | None = None) -> list[str]:
-        """Mark tasks whose lease expired (or whose local process is gone) ``interrupted``.
-
-        Their checkpointed partial answers become ``interrupted`` messages. Returns the ids.
-        """
-        now = time.time() if now is None else now
-        t = s.tasks
-        async with self._tx(write=True) as conn:
-            rows = (
-                await conn.execute(
-                    select(t.c.id, t.c.lease_owner, t.c.lease_expires_at).where(
-                        t.c.state.in_(("running", "pending"))
-                    )
-                )
-            ).all()
-            stale = [
-                task_id
-                for task_id, owner, expires in rows
-                if owner != self.owner
-                and ((expires is not None and expires < now) or owner_is_dead(owner))
-            ]
-            if not stale:
-                return []
-            await conn.execute(
-                update(t)
-                .where(t.c.id.in_(stale))
-                .values(
-                    state="interrupted",
-                    finished_at=now,
-                    error="The process running this task stopped before it finished.",
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
-            )
-            await conn.execute(
-                update(s.messages)
-                .where(and_(s.messages.c.task_id.in_(stale), s.messages.c.status == "streaming"))
-                .values(status="interrupted", updated_at=now)
-            )
-        return stale
 
     # ------------------------------------------------------------------ todos and state
 
@@ -466,6 +256,18 @@ class SQLStore:
                 select(s.sessions.c.compaction).where(s.sessions.c.id == session_id)
             )
         return json.loads(value) if value else None
+
+
+def _session_values(session: Session) -> dict[str, Any]:
+    return {
+        "user_id": session.user_id,
+        "title": session.title,
+        "metadata": json.dumps(session.metadata),
+        "model_settings": json.dumps(session.model_settings),
+        "created_at": session.created_at,
+        "updated_at": session.updated_at,
+        "last_active_at": session.last_active_at,
+    }
 
 
 def _session(row: Any) -> Session:
