@@ -236,3 +236,26 @@ def test_compacting_a_short_session_says_there_was_nothing_to_do(tmp_path: Path)
     compacted = cli("sessions", "compact", "short", env=env, cwd=tmp_path)
     assert compacted.returncode == 0, compacted.stderr
     assert "Nothing to compact" in compacted.stdout
+
+
+def test_session_commands_load_only_what_they_need(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DEFAULT_MODEL_PROVIDER": "test",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'agent.db'}",
+    }
+    assert cli("run", "--session", "s", "hi", env=env, cwd=tmp_path).returncode == 0
+    code = (
+        "import sys\n"
+        "sys.argv = ['agent-template', 'sessions', 'list']\n"
+        "from agent_template.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = {'alembic', 'mako', 'openai', 'anthropic', 'httpx', 'pydantic_settings'}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "s " in proc.stdout  # it listed the session
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

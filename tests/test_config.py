@@ -119,3 +119,46 @@ def test_base_urls_must_be_http_urls_with_a_host(
 def test_good_base_urls_are_kept(monkeypatch: pytest.MonkeyPatch, var: str) -> None:
     monkeypatch.setenv(var, "https://proxy.example.com:8443/v1")
     assert getattr(load_settings(), var.lower()) == "https://proxy.example.com:8443/v1"
+
+
+def test_the_env_file_format_and_what_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory
+) -> None:
+    from pathlib import Path
+
+    env = Path(str(tmp_path)) / ".env"
+    env.write_text(
+        "# a comment\n"
+        "\n"
+        "export SERVER_HOST=0.0.0.0\n"
+        "SERVER_PORT = 9000   # an inline comment\n"
+        "OPENAI_API_KEY='sk-single # not a comment'\n"
+        'LOCAL_API_KEY="line\\nbreak \\"quoted\\""\n'
+        "max_turns=7\n"
+        "NOT_A_SETTING=ignored\n"
+        "MAX_CONCURRENT_TASKS=3\n"
+    )
+    monkeypatch.setenv("MAX_CONCURRENT_TASKS", "4")  # the environment beats the file
+    settings = Settings(_env_file=env, max_turns=9)  # and an argument beats both
+    assert settings.server_host == "0.0.0.0"
+    assert settings.server_port == 9000
+    assert settings.api_key("openai") == "sk-single # not a comment"
+    assert settings.api_key("local") == 'line\nbreak "quoted"'
+    assert settings.max_concurrent_tasks == 4
+    assert settings.max_turns == 9
+    assert Settings(_env_file=None).server_port == 8000  # type: ignore[call-arg]
+    assert Settings(_env_file=Path(str(tmp_path)) / "missing").server_port == 8000
+
+
+def test_loading_settings_imports_no_settings_library() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from agent_template.config import load_settings\n"
+        "load_settings()\n"
+        "print(sorted({'pydantic_settings', 'dotenv'} & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

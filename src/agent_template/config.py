@@ -3,21 +3,24 @@
 Build a :class:`Settings` (or call :func:`load_settings`) where the program starts and pass it
 to the components that need it; nothing deeper reads the environment. ``settings`` is a lazily
 built module attribute for scripts that want the defaults.
+
+The environment and the ``.env`` file are read here rather than by pydantic-settings, whose
+import alone would add a sixth of a second to every command's start-up.
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from agent_template.errors import ConfigurationError
 
-__all__ = ["PROVIDER_NAMES", "Settings", "load_settings", "settings"]
+__all__ = ["PROVIDER_NAMES", "Settings", "load_settings", "read_env_file", "settings"]
 
 PROVIDER_NAMES = ("openai", "anthropic", "deepseek", "qwen", "ollama", "local", "test")
 ProviderName = Literal["openai", "anthropic", "deepseek", "qwen", "ollama", "local", "test"]
@@ -54,12 +57,21 @@ _EXPECTED = {
 }
 
 
-class Settings(BaseSettings):
-    """Every setting of agent-template. Environment variables are the upper-case field names."""
+class Settings(BaseModel):
+    """Every setting of agent-template. Environment variables are the upper-case field names.
 
-    model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
-    )
+    Each value comes from the first of: a keyword argument, the environment (the variable's
+    name in any case), the ``.env`` file (``_env_file``: a path, or None for none), the default.
+
+    Raises:
+        pydantic.ValidationError: a value does not have the form its setting needs
+            (:func:`load_settings` turns that into a message naming each variable).
+    """
+
+    model_config = ConfigDict(extra="ignore", validate_default=True)
+
+    def __init__(self, _env_file: str | Path | None = ".env", **values: Any) -> None:
+        super().__init__(**{**_from_environment(_env_file), **values})
 
     # Providers and their credentials. A key may hold several comma-separated keys, which
     # are then load-balanced as equivalent providers.
@@ -78,7 +90,7 @@ class Settings(BaseSettings):
     # None means: the first provider with a key, else the offline ``test`` provider.
     default_model_provider: ProviderName | None = None
     default_model: str | None = None
-    fallback_providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    fallback_providers: list[str] = Field(default_factory=list)
     load_balancing: Literal["none", "round_robin", "least_latency"] = "none"
     model_timeout: float = Field(60.0, gt=0)  # a stalled connection or read
     model_attempt_timeout: float = Field(300.0, gt=0)  # one attempt, request to finish
@@ -188,6 +200,66 @@ class Settings(BaseSettings):
         secret: SecretStr | None = getattr(self, f"{provider}_api_key", None)
         value = secret.get_secret_value().strip() if secret else ""
         return value or None
+
+
+def _from_environment(env_file: str | Path | None) -> dict[str, Any]:
+    """Setting values from the ``.env`` file, overridden by the environment's."""
+    names = Settings.model_fields.keys()
+    values: dict[str, Any] = {}
+    if env_file is not None:
+        for key, value in read_env_file(Path(env_file)).items():
+            if key.lower() in names:
+                values[key.lower()] = value
+    environ = {key.lower(): value for key, value in os.environ.items()}
+    values.update({name: environ[name] for name in names if name in environ})
+    return values
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The ``KEY=value`` lines of a ``.env`` file ({} when there is none).
+
+    Understood: blank lines and ``#`` comments, an ``export`` prefix, values in single quotes
+    (taken as written) or double quotes (with ``\\n``, ``\\t``, ``\\"`` and ``\\\\``
+    escapes), and unquoted values, which end at `` #``. Variables are not expanded.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return {}
+    values: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :].lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            continue
+        values[key] = _env_value(value.strip())
+    return values
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
+
+
+def _env_value(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        return value[1:-1]
+    if len(value) >= 2 and value[0] == '"' and value.rfind('"') > 0:
+        inner = value[1 : value.rfind('"')]
+        out: list[str] = []
+        chars = iter(inner)
+        for char in chars:
+            if char == "\\":
+                following = next(chars, "")
+                out.append(_ESCAPES.get(following, "\\" + following))
+            else:
+                out.append(char)
+        return "".join(out)
+    comment = value.find(" #")
+    return (value[:comment] if comment >= 0 else value).strip()
 
 
 def _explain(exc: ValidationError) -> str:
