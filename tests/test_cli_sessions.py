@@ -259,3 +259,18 @@ def test_session_commands_load_only_what_they_need(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "s " in proc.stdout  # it listed the session
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_data_folder_that_cannot_be_written_is_said_to_be_one(tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("a file where the data folder should be")
+    env = {
+        **os.environ,
+        "DEFAULT_MODEL_PROVIDER": "test",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'agent.db'}",
+    }
+    proc = cli("run", "--session", "s", "hi", env=env, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Cannot write the SQLite database" in proc.stderr
+    assert "this user may write to it" in proc.stderr
+    assert "unavailable" not in proc.stderr and "reachable" not in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -7,6 +7,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -171,3 +172,76 @@ async def test_cli_runs_started_together_on_one_session_never_interleave(
     assert_contiguous_turns(history, expected=3)
     queued = [err for _, err in outputs if "waiting for" in err]
     assert queued  # at least one run said it waited its turn
+
+
+async def test_a_run_waits_for_a_session_another_process_holds_and_can_be_cancelled(
+    tmp_path: Path,
+) -> None:
+    from agent_template.core.scheduler import TaskScheduler
+    from agent_template.models import DoneEvent, RunQueued, Session, Task, TextDelta
+
+    url = f"sqlite:///{tmp_path / 'agent.db'}"
+    here, there = SQLStore(url), SQLStore(url)  # two processes' stores on one database
+    there.owner = "other-host:1:x"
+    await here.save_session(Session(session_id="s", user_id="ada"))
+    release = asyncio.Event()
+
+    async def held(task: Task) -> AsyncIterator[Any]:
+        yield TextDelta(text="busy")
+        await release.wait()
+        yield DoneEvent(status="completed", output="")
+
+    async def quick(task: Task) -> AsyncIterator[Any]:
+        yield DoneEvent(status="completed", output="mine")
+
+    elsewhere = TaskScheduler(handlers={"chat": held}, task_store=there)
+    local = TaskScheduler(handlers={"chat": quick}, task_store=here)
+    try:
+        first = await elsewhere.create_task({"type": "chat", "session_id": "s"})
+        waiting = await local.create_task({"type": "chat", "session_id": "s"})
+        queued = await local.subscribe(waiting.task_id).__anext__()
+        assert isinstance(queued.event, RunQueued)
+        assert queued.event.holder == first.task_id  # it knows whom it waits for
+        assert waiting.state is TaskState.PENDING and local.running_count == 0  # no slot held
+        given_up = await local.create_task({"type": "chat", "session_id": "s"})
+        await local.cancel_task(given_up.task_id)  # a waiting run can be cancelled
+        assert given_up.state is TaskState.CANCELLED
+        release.set()
+        async with asyncio.timeout(10):
+            await local.wait(waiting.task_id)  # it took the session once the other let go
+        assert (first.state, waiting.state) == (TaskState.COMPLETED, TaskState.COMPLETED)
+        assert waiting.result == "mine"
+    finally:
+        await elsewhere.stop()
+        await local.stop()
+        await here.close()
+        await there.close()
+
+
+async def test_cancelling_a_run_that_polls_for_its_session(tmp_path: Path) -> None:
+    from agent_template.core.scheduler import TaskScheduler
+    from agent_template.models import DoneEvent, Session, Task
+
+    url = f"sqlite:///{tmp_path / 'agent.db'}"
+    here, there = SQLStore(url), SQLStore(url)
+    there.owner = "other-host:1:x"
+    await here.save_session(Session(session_id="s", user_id="ada"))
+    assert await there.acquire_run("s", "held-elsewhere", time.time() + 60)
+
+    async def never(task: Task) -> AsyncIterator[Any]:
+        yield DoneEvent(status="completed", output="")
+
+    local = TaskScheduler(handlers={"chat": never}, task_store=here)
+    try:
+        polling = await local.create_task({"type": "chat", "session_id": "s"})
+        behind = await local.create_task({"type": "chat", "session_id": "s"})
+        await asyncio.sleep(0.1)  # a few tries for the lease
+        await local.cancel_task(polling.task_id)
+        await local.cancel_task(behind.task_id)
+        assert (polling.state, behind.state) == (TaskState.CANCELLED, TaskState.CANCELLED)
+        assert local.pending_count == 0
+        assert await here.run_holder("s") == "held-elsewhere"  # we never took it
+    finally:
+        await local.stop()
+        await here.close()
+        await there.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
@@ -215,3 +216,22 @@ async def test_an_unknown_postgres_database_is_a_clear_error() -> None:
         assert 'database "no_such_database_here" does not exist' in str(exc)
     else:  # pragma: no cover - only if someone created it
         pytest.fail("opened a database that should not exist")
+
+
+async def test_concurrent_first_calls_share_one_engine_and_leak_no_connection(
+    store: SQLStore,
+) -> None:
+    import gc
+    import warnings
+
+    fresh = SQLStore(store.url, connect_args=store._connect_args, migrate=False)
+    engines = await asyncio.gather(*(fresh.open() for _ in range(5)))
+    assert all(e is engines[0] for e in engines)
+    other = SQLStore(store.url, connect_args=store._connect_args, migrate=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        await asyncio.gather(*(other.load_session("nope") for _ in range(9)))
+        await other.close()
+        await fresh.close()
+        gc.collect()
+    assert not [w for w in caught if "before being closed" in str(w.message)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -83,6 +84,13 @@ class AgentRun:
 
 
 _NOT_SETTINGS = frozenset({"messages", "tools", "model"})
+# Run ids: a random prefix per process and a counter, unique without a uuid4 per run.
+_RUN_PREFIX = f"run_{uuid.uuid4().hex[:12]}_"
+_run_numbers = itertools.count(1)
+
+
+def _run_id() -> str:
+    return f"{_RUN_PREFIX}{next(_run_numbers)}"
 
 
 def _checked_model_settings(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -209,7 +217,7 @@ class Agent:
         start = len(messages)
         messages.append(UserMessage(content=prompt))
         state = RunState(messages=messages, start=start)
-        task_id = task_id or f"run_{uuid.uuid4().hex}"  # events of a run can be told apart
+        task_id = task_id or _run_id()  # so the events of concurrent runs can be told apart
         config = RunConfig(
             max_turns=self.max_turns,
             model_settings=self.model_settings,

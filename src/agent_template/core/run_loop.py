@@ -305,15 +305,17 @@ async def run_events(
             for event in _failed(state, config, _storage_failure(caught), "storage"):
                 yield event
             return
-    options: dict[str, Any] = {"temperature": config.temperature, "max_tokens": config.max_tokens}
-    options.update(config.model_settings)
+    extra: dict[str, Any] = {}
+    if config.model_settings:  # built once; most runs have none and skip the unpacking
+        extra = {"temperature": config.temperature, "max_tokens": config.max_tokens}
+        extra.update(config.model_settings)
     for turn in range(config.max_turns):
-        request = ModelRequest(
-            messages=messages,
-            tools=definitions,
-            model=config.model,
-            **options,
-        )
+        if extra:
+            request = ModelRequest(messages, definitions, config.model, **extra)
+        else:
+            request = ModelRequest(
+                messages, definitions, config.model, config.temperature, config.max_tokens
+            )
         if config.prepare_request is not None:
             request = await config.prepare_request(request)
         if hooks is not None and hook_ctx is not None:

@@ -246,28 +246,30 @@ class ModelManager:
         if forced:  # every breaker open: try the primary rather than refuse outright
             candidates = [self._pools[0][0]]
         previous: _Member | None = None
+        last = len(candidates) - 1
         for position, member in enumerate(candidates):
             breaker = member.breaker
-            label = member.provider.label
-            can_fail_over = position < len(candidates) - 1
             attempt = 0
-            # A half-open breaker lets one caller through per cooldown; the others move on.
-            while (forced and attempt == 0) or breaker.acquire(clock()):
+            while True:
                 begun = clock()
+                # A half-open breaker lets one caller through per cooldown; others move on.
+                if not ((forced and attempt == 0) or breaker.acquire(begun)):
+                    break
                 if begun >= call_deadline:
                     errors.append(self._out_of_time(member))
                     raise AllProvidersFailedError(errors)
-                if previous is not None and previous is not member:
-                    self._count_failover(previous, member)
-                previous = member
-                deadline, setting, limit = self._deadline(begun, call_deadline)
+                if previous is not member:
+                    if previous is not None:
+                        self._count_failover(previous, member)
+                    previous = member
+                deadline = min(begun + self.attempt_timeout, call_deadline)
                 started = False
                 t0 = time.perf_counter()
                 member.health.requests += 1
                 events = member.provider.stream(request)
                 try:
                     async for event in events:
-                        if isinstance(event, ResponseFinished):
+                        if type(event) is ResponseFinished:
                             # Record it now: a consumer may stop reading at the finish event
                             # (collect_response does), and this generator never resumes.
                             elapsed = time.perf_counter() - t0
@@ -276,16 +278,11 @@ class ModelManager:
                             member.health.record_success(elapsed)
                             breaker.record_success()
                             if failed:
-                                self._log_failover(failed, label)
+                                self._log_failover(failed, member.provider.label)
                             yield event
                             return
                         if clock() > deadline:  # one comparison per event: the hot path
-                            raise ProviderTimeoutError(
-                                member.provider.name,
-                                f"the answer was not finished within {setting}={limit:g}s",
-                                setting=setting,
-                                timeout=limit,
-                            )
+                            raise self._overran(member, begun, call_deadline)
                         if not started:
                             started = True
                             member.health.record_first_event(time.perf_counter() - t0)
@@ -301,6 +298,7 @@ class ModelManager:
                     if started:
                         raise
                     errors.append(exc)
+                    label = member.provider.label
                     failed.pop(label, None)
                     failed[label] = exc  # re-inserted: the log lists them as they failed
                     if isinstance(exc, BadRequestError) and len(candidates) == 1:
@@ -308,7 +306,7 @@ class ModelManager:
                     if isinstance(exc, ProviderTimeoutError):
                         if exc.setting == "MODEL_CALL_TIMEOUT":
                             raise AllProvidersFailedError(errors) from None
-                        if can_fail_over:
+                        if position < last:
                             break  # a stalled provider is likely to stall again: move on now
                     delay = self._backoff(attempt, exc) if exc.retryable else None
                     if delay is None or attempt >= self.max_retries:
@@ -322,11 +320,18 @@ class ModelManager:
                         await close()
         raise AllProvidersFailedError(errors)
 
-    def _deadline(self, begun: float, call_deadline: float) -> tuple[float, str, float]:
-        """When an attempt begun at ``begun`` must be done, the setting and its value."""
+    def _overran(self, member: _Member, begun: float, call_deadline: float) -> ProviderTimeoutError:
+        """The error of an attempt begun at ``begun`` that ran past its deadline."""
         if begun + self.attempt_timeout < call_deadline:
-            return begun + self.attempt_timeout, "MODEL_ATTEMPT_TIMEOUT", self.attempt_timeout
-        return call_deadline, "MODEL_CALL_TIMEOUT", self.call_timeout
+            setting, limit = "MODEL_ATTEMPT_TIMEOUT", self.attempt_timeout
+        else:
+            setting, limit = "MODEL_CALL_TIMEOUT", self.call_timeout
+        return ProviderTimeoutError(
+            member.provider.name,
+            f"the answer was not finished within {setting}={limit:g}s",
+            setting=setting,
+            timeout=limit,
+        )
 
     def _out_of_time(self, member: _Member) -> ProviderTimeoutError:
         return ProviderTimeoutError(

@@ -8,6 +8,7 @@ acknowledges afterwards survives a crash of the process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -67,6 +68,7 @@ class SQLStore(MessageLog, TaskLeases):
         self._connect_args = connect_args or {}
         self._migrate = migrate
         self._engine: AsyncEngine | None = None
+        self._opening = asyncio.Lock()
         self.owner = process_owner()
 
     @property
@@ -85,6 +87,12 @@ class SQLStore(MessageLog, TaskLeases):
         """
         if self._engine is not None:
             return self._engine
+        async with self._opening:  # concurrent first calls share one engine
+            if self._engine is None:
+                self._engine = await self._connect_and_migrate()
+            return self._engine
+
+    async def _connect_and_migrate(self) -> AsyncEngine:
         engine = await create_engine(self.url, self._connect_args)
         try:
             try:
@@ -104,7 +112,6 @@ class SQLStore(MessageLog, TaskLeases):
         except BaseException:
             await engine.dispose()
             raise
-        self._engine = engine
         return engine
 
     async def close(self) -> None:
