@@ -3,8 +3,11 @@
 10,000 short chat tasks (a model streaming 20 one-token deltas) go through one AgentLoop, ten at
 a time, while 50 stream consumers keep joining recent tasks' streams and leaving: half read to
 the end, half leave after a few chunks. Prints the resident set size after the first 1,000
-tasks and after all of them (collected garbage first), one JSON object. Figures are printed,
-never asserted.
+tasks and after all of them (collected garbage first), one JSON object.
+
+A second line does the same with every task in one of 100 sessions stored in a SQLite file (so
+session lines, run leases and task records are soaked too): 3,000 tasks, measured after the
+first 300. Figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import gc
 import json
 import random
 import resource
+import shutil
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -36,13 +41,14 @@ from agent_template.models import (  # noqa: E402
 )
 from agent_template.runtime import stream_store  # noqa: E402
 from agent_template.services.model_provider import ModelProvider  # noqa: E402
-from agent_template.services.storage import MemorySessionStore  # noqa: E402
+from agent_template.services.storage import MemorySessionStore, SQLStore  # noqa: E402
 
 TASKS = 10_000
 CHECKPOINT = 1_000
 CONSUMERS = 50
 IN_FLIGHT = 10
 TOKENS = 20
+JOIN_PAUSE_S = 0.01
 
 
 class ShortModel(ModelProvider):
@@ -71,12 +77,21 @@ def rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def soak() -> dict[str, float]:
+async def soak(
+    tasks: int = TASKS, checkpoint: int = CHECKPOINT, sessions: int = 0
+) -> dict[str, float]:
     settings = Settings(_env_file=None, context_compression=False)  # type: ignore[call-arg]
+    folder = tempfile.mkdtemp(prefix="soak-")
+    if sessions:
+        manager = SessionManager(store=SQLStore(f"sqlite:///{folder}/soak.db"))
+        for i in range(sessions):
+            await manager.create_session("soak", session_id=f"s{i}")
+    else:
+        manager = SessionManager(store=MemorySessionStore())
     loop = AgentLoop(
         settings,
         model=ShortModel(),
-        session_manager=SessionManager(store=MemorySessionStore()),
+        session_manager=manager,
         bus=InProcessEventBus(),
         streams=stream_store(settings),
         todo_tools=False,
@@ -106,19 +121,24 @@ async def soak() -> dict[str, float]:
                 if leave_after is not None and seen >= leave_after:
                     break
             reader.close()
-            await asyncio.sleep(0)
+            # A pause between joins, as a client has: re-reading a finished stream costs no
+            # wait at all, so without one a few consumers would keep the loop to themselves.
+            await asyncio.sleep(JOIN_PAUSE_S)
 
     readers = [asyncio.create_task(consumer(i)) for i in range(CONSUMERS)]
     at_checkpoint = 0.0
     t0 = time.perf_counter()
     in_flight: deque[str] = deque()
-    for n in range(1, TASKS + 1):
-        task = await loop.create_task({"type": "chat", "message": "hi"})
+    for n in range(1, tasks + 1):
+        spec = {"type": "chat", "message": "hi"}
+        if sessions:
+            spec |= {"session_id": f"s{n % sessions}", "user_id": "soak"}
+        task = await loop.create_task(spec)
         recent.append(task.task_id)
         in_flight.append(task.task_id)
         if len(in_flight) >= IN_FLIGHT:
             await loop.wait(in_flight.popleft())
-        if n == CHECKPOINT:
+        if n == checkpoint:
             await loop.run()
             gc.collect()
             at_checkpoint = rss_mb()
@@ -127,21 +147,26 @@ async def soak() -> dict[str, float]:
     finished = True
     await asyncio.gather(*readers)
     await loop.stop()
+    await manager.close()
+    shutil.rmtree(folder, ignore_errors=True)
     gc.collect()
     after = rss_mb()
     return {
-        "rss_after_first_1000_mb": round(at_checkpoint, 1),
+        f"rss_after_first_{checkpoint}_mb": round(at_checkpoint, 1),
         "rss_after_soak_mb": round(after, 1),
         "growth_mb": round(after - at_checkpoint, 1),
-        "tasks": TASKS,
+        "tasks": tasks,
+        "sessions": sessions,
         "consumer_joins": joins,
-        "tasks_per_s": round(TASKS / elapsed),
+        "tasks_per_s": round(tasks / elapsed),
         "streams_kept": loop.streams.stats()["streams"],
     }
 
 
 def main() -> None:
     print(json.dumps({"workload": "soak", **asyncio.run(soak())}), flush=True)
+    stored = asyncio.run(soak(3_000, 300, sessions=100))
+    print(json.dumps({"workload": "soak_sessions", **stored}), flush=True)
 
 
 if __name__ == "__main__":

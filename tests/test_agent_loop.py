@@ -268,3 +268,16 @@ async def test_old_finished_streams_are_released() -> None:
     assert (await loop.wait(tasks[0].task_id)).result == "ok"
     with pytest.raises(StreamNotFoundError):
         StreamGenerator(store).process_stream("late", tasks[0])
+
+
+async def test_a_loop_without_its_own_store_shares_one_built_from_its_settings() -> None:
+    settings = Settings(_env_file=None, stream_retain_chunks=7, stream_linger=1.5)  # type: ignore[call-arg]
+    loop = AgentLoop(
+        settings,
+        model=TestProvider(["hi"]),
+        session_manager=SessionManager(store=MemorySessionStore()),
+        bus=InProcessEventBus(),
+    )
+    assert StreamGenerator().store is loop.streams  # the spec's StreamGenerator() finds tasks
+    assert isinstance(loop.streams, MemoryStreamStore)
+    assert (loop.streams.retain, loop.streams.linger_s) == (7, 1.5)

@@ -80,6 +80,8 @@ def test_unknown_or_unconfigured_provider() -> None:
     proc = run_cli("run", "--provider", "openai", "hi")
     assert proc.returncode == 2
     assert "Set OPENAI_API_KEY" in proc.stderr
+    assert proc.stderr.count("choose another provider") == 1  # advice said once, for the CLI
+    assert "choose another provider with --provider" in proc.stderr
     proc = run_cli("test-model", "--provider", "anthropic")
     assert proc.returncode == 2
     assert "Set ANTHROPIC_API_KEY" in proc.stderr

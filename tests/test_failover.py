@@ -341,6 +341,23 @@ async def test_a_trickling_stream_is_cut_at_the_attempt_deadline(
     assert wire_server.paths() == [CHAT]  # text was shown: raised, not sent elsewhere
 
 
+async def test_a_stream_that_only_keeps_alive_is_cut_at_the_attempt_deadline(
+    wire_server: WireServer,
+) -> None:
+    # Comments every 0.1 s keep the 60 s read timeout from ever firing, and bring no event.
+    manager = ModelManager(
+        settings(model_attempt_timeout=0.5),
+        providers=[[openai_compat(wire_server)], [anthropic(wire_server)]],
+    )
+    wire_server.script(Reply("late", keepalive=100, delay=0.1), Reply("prompt answer"))
+    async with asyncio.timeout(5):  # not the ten seconds the keep-alives would take
+        response = await manager.complete(ask())
+    await manager.aclose()
+    assert (response.message.provider, response.message.text) == ("anthropic", "prompt answer")
+    [first] = [e for e in manager.status() if e["provider"] == "openai"]
+    assert "MODEL_ATTEMPT_TIMEOUT" in first["last_error"]
+
+
 async def test_the_call_deadline_caps_retries_and_backoff(wire_server: WireServer) -> None:
     manager = ModelManager(
         settings(

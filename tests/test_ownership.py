@@ -50,6 +50,7 @@ async def test_another_users_session_is_not_found_anywhere(store: Any) -> None:
         sessions.delete_session(sid, user_id="bob"),
         sessions.create_session("bob", session_id=sid),
         loop.create_task({"message": "show me", "session_id": sid, "user_id": "bob"}),
+        loop.create_task({"type": "chat", "session_id": sid, "user_id": "bob", "x": 1}),
     ):
         with pytest.raises(SessionNotFoundError) as caught:
             await attempt

@@ -75,7 +75,7 @@ async def test_every_stream_ends_with_one_done_chunk_carrying_the_final_state() 
     loop = TaskScheduler(max_concurrent_tasks=2, handlers={"chat": chat, "long": long})
     done = await loop.create_task({"type": "chat"})
     cancelled = await loop.create_task({"type": "long"})
-    await asyncio.sleep(0.02)
+    await loop.subscribe(cancelled.task_id).__anext__()  # it has started streaming
     await loop.cancel_task(cancelled.task_id)
     await loop.wait(done.task_id)
     finals = {}
@@ -207,21 +207,56 @@ async def test_tasks_and_their_streams_belong_to_their_user() -> None:
         loop.subscribe(task.task_id, user_id="bob")
     assert loop.list_tasks(user_id="bob") == []
     assert loop.list_tasks(user_id="alice") == [task]
+    ownerless = await loop.create_task({"type": "chat"})  # a trusted caller's: nobody's
+    with pytest.raises(TaskNotFoundError):
+        loop.get_task(ownerless.task_id, user_id="bob")
+    with pytest.raises(StreamNotFoundError):
+        loop.subscribe(ownerless.task_id, user_id="bob")
+    assert loop.get_task(ownerless.task_id) is ownerless
     await loop.run()
 
 
 async def test_stop_interrupts_waiting_runs_and_says_so_on_their_streams() -> None:
     gate = asyncio.Event()
 
+    started = asyncio.Event()
+
     async def held(task: Task) -> AsyncIterator[Any]:
+        started.set()
         await gate.wait()
         yield DoneEvent(status="completed", output="")
 
     loop = TaskScheduler(handlers={"chat": held})
     running = await loop.create_task({"type": "chat", "session_id": "s"})
     queued = await loop.create_task({"type": "chat", "session_id": "s"})
-    await asyncio.sleep(0.01)
+    await started.wait()
     await loop.stop(deadline=0.05)
     assert (running.state, queued.state) == (TaskState.INTERRUPTED, TaskState.INTERRUPTED)
     chunks = [c async for c in loop.subscribe(queued.task_id)]
     assert chunks[-1].event.status == "interrupted"
+
+
+async def test_whoever_waits_for_a_parent_finds_its_children_ended_too() -> None:
+    loop: TaskScheduler | None = None
+    child_started = asyncio.Event()
+
+    async def child(task: Task) -> str:
+        child_started.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    async def parent(task: Task) -> str:
+        assert loop is not None
+        await loop.create_task({"type": "child", "parent_id": task.task_id})
+        await child_started.wait()
+        return "parent done"  # returns without waiting for its child
+
+    loop = TaskScheduler(
+        max_concurrent_tasks=2, handlers={"parent": parent, "child": child}, bus=InProcessEventBus()
+    )
+    task = await loop.create_task({"type": "parent"})
+    async with asyncio.timeout(2):
+        await loop.wait(task.task_id)
+    (kid,) = loop.list_tasks(parent_id=task.task_id)
+    assert kid.state is TaskState.CANCELLED  # already, when the wait returns
+    assert loop.running_count == 0

@@ -19,7 +19,7 @@ from agent_template import AgentLoop, SessionManager, tool
 from agent_template.config import Settings
 from agent_template.core.bus import InProcessEventBus
 from agent_template.core.stream_store import MemoryStreamStore
-from agent_template.models import AssistantMessage, Message, TaskState, ToolResultMessage
+from agent_template.models import Message, TaskState, ToolResultMessage
 from agent_template.services.providers.offline import TestProvider, TestTurn
 from agent_template.services.storage import SQLStore
 from tests.conftest import DEFAULT_TEST_DATABASE_URL, service_missing
@@ -75,9 +75,10 @@ async def test_two_chat_tasks_on_one_session_take_turns(tmp_path: Path) -> None:
     settings = Settings(_env_file=None, context_compression=False)  # type: ignore[call-arg]
     store = SQLStore(f"sqlite:///{tmp_path / 'agent.db'}")
     sessions = SessionManager(store=store)
+    model = TestProvider(_script, delay=0.005)
     loop = AgentLoop(
         settings,
-        model=TestProvider(_script, delay=0.005),
+        model=model,
         tools=[slow],
         session_manager=sessions,
         todo_tools=False,
@@ -99,8 +100,11 @@ async def test_two_chat_tasks_on_one_session_take_turns(tmp_path: Path) -> None:
     for i, turn in enumerate(turns):
         assert [m.role for m in turn] == ["user", "assistant", "tool", "assistant"]
         assert turn[2].content == str(i)
-        # each run saw the whole history the previous ones left
-        assert isinstance(turn[1], AssistantMessage)
+    # Each run's first request carried the whole history the earlier runs left: the system
+    # prompt, four messages per earlier turn, then its own question.
+    firsts = [r for r in model.requests if r.messages[-1].role == "user"]
+    assert [len(r.messages) for r in firsts] == [2, 6, 10]
+    assert [r.messages[-1].content for r in firsts] == ["x: 0", "x: 1", "x: 2"]
     await sessions.close()
 
 
@@ -245,3 +249,107 @@ async def test_cancelling_a_run_that_polls_for_its_session(tmp_path: Path) -> No
         await local.stop()
         await here.close()
         await there.close()
+
+
+async def test_a_run_whose_session_was_taken_over_is_interrupted(tmp_path: Path) -> None:
+    from sqlalchemy import update
+
+    from agent_template.core.scheduler import TaskScheduler
+    from agent_template.models import DoneEvent, Session, Task, TextDelta
+    from agent_template.services.storage import schema
+
+    store = SQLStore(f"sqlite:///{tmp_path / 'agent.db'}")
+    await store.save_session(Session(session_id="s", user_id="ada"))
+    started = asyncio.Event()
+
+    async def long(task: Task) -> AsyncIterator[Any]:
+        yield TextDelta(text="working")
+        started.set()
+        await asyncio.Event().wait()  # until stopped
+        yield DoneEvent(status="completed", output="")
+
+    loop = TaskScheduler(handlers={"chat": long}, task_store=store, lease_s=0.3)
+    try:
+        task = await loop.create_task({"type": "chat", "session_id": "s"})
+        await started.wait()
+        engine = await store.open()
+        async with engine.begin() as conn:  # what a process that found the lease expired does
+            await conn.execute(
+                update(schema.sessions)
+                .where(schema.sessions.c.id == "s")
+                .values(run_holder="intruder", run_owner="other-host:1:x")
+            )
+        async with asyncio.timeout(5):
+            await loop.wait(task.task_id)
+        assert task.state is TaskState.INTERRUPTED  # it stopped rather than run beside it
+        chunks = [c async for c in loop.subscribe(task.task_id)]
+        assert chunks[-1].event.status == "interrupted"
+        assert await store.run_holder("s") == "intruder"  # and it did not release theirs
+    finally:
+        await loop.stop()
+        await store.close()
+
+
+async def test_a_run_cancelled_while_its_session_lease_is_being_taken_stays_cancelled(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from agent_template.core.scheduler import TaskScheduler
+    from agent_template.models import DoneEvent, Session, Task
+
+    db = tmp_path / "agent.db"
+    store = SQLStore(f"sqlite:///{db}")
+    await store.save_session(Session(session_id="s", user_id="ada"))
+
+    async def quick(task: Task) -> AsyncIterator[Any]:
+        yield DoneEvent(status="completed", output="ok")
+
+    loop = TaskScheduler(handlers={"chat": quick}, task_store=store)
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # another process writing: our writes must wait
+        doomed = Task(type="chat", session_id="s")
+        creating = asyncio.create_task(loop.create_task(doomed))
+        while doomed.task_id not in {t.task_id for t in loop.list_tasks()}:
+            await asyncio.sleep(0.01)
+        cancelling = asyncio.create_task(loop.cancel_task(doomed.task_id))
+        await asyncio.sleep(0.05)  # the cancel has begun, while the creation waits on the lock
+        blocker.execute("COMMIT")
+        await creating
+        await cancelling
+        assert doomed.state is TaskState.CANCELLED
+        assert loop.running_count == 0
+        assert await store.run_holder("s") is None  # a lease it got meanwhile was given back
+        after = await loop.create_task({"type": "chat", "session_id": "s"})
+        async with asyncio.timeout(5):
+            await loop.wait(after.task_id)
+        assert after.result == "ok"
+    finally:
+        blocker.close()
+        await loop.stop()
+        await store.close()
+
+
+async def test_a_run_on_a_session_that_does_not_exist_fails_instead_of_waiting(
+    tmp_path: Path,
+) -> None:
+    from agent_template.core.scheduler import TaskScheduler
+    from agent_template.models import DoneEvent, Task
+
+    store = SQLStore(f"sqlite:///{tmp_path / 'agent.db'}")
+
+    async def quick(task: Task) -> AsyncIterator[Any]:
+        yield DoneEvent(status="completed", output="ok")
+
+    loop = TaskScheduler(handlers={"chat": quick}, task_store=store)
+    try:
+        task = await loop.create_task({"type": "chat", "session_id": "gone"})
+        async with asyncio.timeout(5):
+            await loop.run()  # returns: nothing waits for ever
+        assert task.state is TaskState.FAILED
+        chunks = [c async for c in loop.subscribe(task.task_id)]
+        assert chunks[-2].event.code == "session_not_found"
+    finally:
+        await loop.stop()
+        await store.close()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from agent_template.errors import SessionNotFoundError
 from agent_template.models import Session, Task, TaskState, UserMessage
 from agent_template.services.storage import MemorySessionStore, SQLStore
 from agent_template.services.storage import schema as s
@@ -74,7 +75,8 @@ async def test_one_holder_at_a_time_and_release(store: SQLStore) -> None:
 
 
 async def test_a_missing_session_cannot_be_leased(store: SQLStore) -> None:
-    assert await store.acquire_run("no-such-session", "t1", time.time() + 60) is False
+    with pytest.raises(SessionNotFoundError):  # not "held elsewhere": nobody would ever free it
+        await store.acquire_run("no-such-session", "t1", time.time() + 60)
     assert await store.run_holder("no-such-session") is None
 
 
@@ -164,11 +166,26 @@ async def test_renewing_task_leases_renews_the_session_lease(
     sid = await new_session(store)
     elsewhere = other_process()
     assert await store.acquire_run(sid, "t1", time.time() - 1)  # already expired
-    await elsewhere.renew_leases(["t1"], time.time() + 60)  # not its lease: no effect
+    lost = await elsewhere.renew_leases([], time.time() + 60, holding=["t1"])
+    assert lost == {"t1"}  # not its lease: not renewed, and said so
     assert await store.run_holder(sid) is None
-    await store.renew_leases(["t1"], time.time() + 60)
+    assert await store.renew_leases([], time.time() + 60, holding=["t1"]) == set()
     assert await store.run_holder(sid) == "t1"
     assert not await elsewhere.acquire_run(sid, "t2", time.time() + 60)
+
+
+async def test_renewing_reports_tasks_another_process_took_over_and_only_those(
+    store: SQLStore, other_process: Any
+) -> None:
+    sid = await new_session(store)
+    now = time.time()
+    mine, recovered = Task(session_id=sid), Task(session_id=sid)
+    await store.record_task(mine, now + 60)
+    await store.record_task(recovered, now + 60)
+    recovered.state = TaskState.INTERRUPTED  # what another process's recover() leaves
+    await other_process().record_task(recovered, None)
+    ids = [mine.task_id, recovered.task_id, "not-recorded-yet"]
+    assert await store.renew_leases(ids, now + 60) == {recovered.task_id}
 
 
 # --------------------------------------------------------------------------- tasks and recovery
@@ -294,7 +311,8 @@ async def test_concurrent_saves_of_one_new_session_do_not_fail(
 async def test_memory_store_run_lease_and_create_if_absent() -> None:
     store = MemorySessionStore()
     now = time.time()
-    assert not await store.acquire_run("s1", "t1", now + 60)  # no such session
+    with pytest.raises(SessionNotFoundError):  # no such session
+        await store.acquire_run("s1", "t1", now + 60)
     first = await store.create_session_if_absent(Session(session_id="s1", user_id="ada"))
     second = await store.create_session_if_absent(Session(session_id="s1", user_id="bob"))
     assert first.user_id == second.user_id == "ada"
@@ -305,7 +323,7 @@ async def test_memory_store_run_lease_and_create_if_absent() -> None:
     assert not await store.acquire_run("s1", newer.task_id, now + 60)  # the older one first
     assert await store.acquire_run("s1", older.task_id, now - 1)  # expired at once
     assert await store.run_holder("s1") is None
-    await store.renew_leases([older.task_id], now + 60)
+    await store.renew_leases([older.task_id], now + 60, holding=[older.task_id])
     assert await store.run_holder("s1") == older.task_id
     assert not await store.acquire_run("s1", "other", now + 60)
     await store.release_run("s1", "other")

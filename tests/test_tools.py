@@ -236,3 +236,18 @@ async def test_an_abandoned_sync_tool_does_not_use_up_the_worker_threads() -> No
     finally:
         release.set()
     assert answer.content == "ok"
+
+
+async def test_a_sync_tool_sees_the_callers_context_variables() -> None:
+    import contextvars
+
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+    @tool
+    def which() -> str:
+        """The request this call belongs to."""
+        return request_id.get()
+
+    request_id.set("req-42")
+    result = await ToolManager([which]).execute(ToolCall(id="1", name="which"))
+    assert result.content == "req-42"

@@ -70,6 +70,9 @@ class Reply:
     as ``reasoning_field`` (DeepSeek's ``reasoning_content``, or ``reasoning``), on the Anthropic
     route as a ``thinking`` block signed with ``signature`` (``signature_delta`` when streamed),
     followed by a ``redacted_thinking`` block for each item of ``redacted``.
+
+    ``keepalive`` SSE comment lines (``: keep-alive``) come first, each after ``delay``: bytes
+    that keep a read timeout from firing, though no event arrives.
     """
 
     text: str = ""
@@ -83,6 +86,7 @@ class Reply:
     reasoning_field: Literal["reasoning_content", "reasoning"] = "reasoning_content"
     signature: str = "wire-signature"
     redacted: list[str] = field(default_factory=list)
+    keepalive: int = 0
 
 
 @dataclass(slots=True)
@@ -336,6 +340,7 @@ class WireServer:
             chunks = list(_openai_chunks(reply, model, number, include_usage))
         else:
             chunks = list(_anthropic_chunks(reply, model, number))
+        chunks = [b": keep-alive\n\n"] * reply.keepalive + chunks
         if drop_after is not None:
             return _SSEResponse(chunks[:drop_after], drop=True)
         return _SSEResponse(chunks, delay=reply.delay)

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from agent_template.cli_output import Printer as _Printer
-from agent_template.cli_output import cli_hint as _cli_hint
 from agent_template.cli_output import clip as _clip
 from agent_template.cli_output import err as _err
 from agent_template.cli_output import style as _style
+from agent_template.cli_output import with_cli_hint as _with_hint
 
 if TYPE_CHECKING:
     from agent_template.config import Settings
@@ -331,7 +331,7 @@ async def _stream_run(
 
 def _with_cli_hint(exc: BaseException) -> str:
     """The error's message, plus what to do about it with this command line's options."""
-    return str(exc) + _cli_hint(getattr(exc, "code", ""))
+    return _with_hint(str(exc), getattr(exc, "code", ""))
 
 
 async def _shutdown(loop: Any, manager: ModelManager) -> None:

@@ -7,13 +7,14 @@ from typing import Any
 
 import typer
 
-__all__ = ["Printer", "cli_hint", "clip", "err", "style"]
+__all__ = ["Printer", "cli_hint", "clip", "err", "style", "with_cli_hint"]
 
 # What to do about an error with this command line's options, by the error's code.
 _HINTS = {
     "provider": " Or choose another provider with --provider.",
     "all_providers_failed": " Or choose another provider with --provider.",
     "missing_api_key": " Or choose another provider with --provider.",
+    "storage_migration_failed": " Run `agent-template db upgrade` to see the details.",
 }
 
 
@@ -31,6 +32,17 @@ def cli_hint(code: str) -> str:
     if hint is None and code.startswith("provider_") and code != "provider_bad_request":
         hint = _HINTS["provider"]
     return hint or ""
+
+
+_NEUTRAL_ADVICE = "or choose another provider."
+
+
+def with_cli_hint(message: str, code: str) -> str:
+    """``message`` with the advice its code has on this command line, said once."""
+    hint = cli_hint(code)
+    if hint == _HINTS["provider"] and message.endswith(_NEUTRAL_ADVICE):
+        return message.removesuffix(_NEUTRAL_ADVICE) + "or choose another provider with --provider."
+    return message + hint
 
 
 class Printer:
@@ -62,7 +74,7 @@ class Printer:
             err(style("[waiting for the session's current run to finish]", dim=True))
         elif kind == "error":
             self._break_line()
-            err(style(f"Error: {event.message}{cli_hint(event.code)}", fg="red"))
+            err(style(f"Error: {with_cli_hint(event.message, event.code)}", fg="red"))
             self.error_shown = True
         elif kind == "done":
             self._break_line()

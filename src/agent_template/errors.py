@@ -470,7 +470,8 @@ class StorageMigrationError(StorageError):
         self.detail = detail
         super().__init__(
             f"Could not apply the schema migrations to the database at DATABASE_URL={url}: "
-            f"{detail}. Run `agent-template db upgrade` to see the details."
+            f"{detail}. The full error is in the log; fix the schema or restore a backup, then "
+            "start again."
         )
 
 

@@ -1,6 +1,6 @@
 """Default wiring: an :class:`AgentLoop` that knows how to run chat turns in sessions.
 
-``core.agent_loop.AgentLoop`` is a scheduler with no opinion about what tasks do. This module
+``core.scheduler.TaskScheduler`` is a scheduler with no opinion about what tasks do. This module
 composes it with a model, tools and a :class:`SessionManager`, so ``AgentLoop()`` with no
 arguments runs ``chat`` tasks against the configured provider (the offline model without one).
 """
@@ -19,6 +19,7 @@ from agent_template.agent import Agent
 from agent_template.core.metrics import Metrics, default_metrics
 from agent_template.core.scheduler import TaskScheduler
 from agent_template.core.stream_store import MemoryStreamStore, default_stream_store
+from agent_template.errors import SessionNotFoundError
 from agent_template.models import Message, SystemMessage, Task
 from agent_template.services.compressor import STATE_VERSION, CompactionResult, ContextCompressor
 from agent_template.services.session_manager import SessionManager
@@ -143,8 +144,9 @@ class AgentLoop(TaskScheduler):
         todo_tools: offer the agent ``todo_write``/``todo_read`` for its session's plan.
         metrics: where counters and histograms go (the process's metrics by default); the
             loop's gauges are collected until :meth:`stop`.
-        streams: where tasks' chunk streams live (the process's default store, which a
-            no-argument ``StreamGenerator()`` also serves, by default).
+        streams: where tasks' chunk streams live. By default the process's default store,
+            which a no-argument ``StreamGenerator()`` serves too, built from these settings
+            when this is the first loop to use it.
 
     Raises:
         ConfigurationError: a user tool is named like another tool or a built-in one.
@@ -181,7 +183,11 @@ class AgentLoop(TaskScheduler):
             max_concurrent_tasks=max_concurrent_tasks or settings.max_concurrent_tasks,
             bus=bus,
             hooks=hooks,
-            streams=streams if streams is not None else default_stream_store(),
+            streams=(
+                streams
+                if streams is not None
+                else default_stream_store(lambda: stream_store(settings))
+            ),
             **kwargs,
         )
         self.settings = settings
@@ -225,9 +231,9 @@ class AgentLoop(TaskScheduler):
         self.metrics.inc("cache_fallbacks_total")
 
     async def create_task(self, spec: Any, **kwargs: Any) -> Task:
-        """Queue a task. A chat task's session must be its user's: it is created for the user
-        if it does not exist yet; without a ``user_id`` the task acts as the session's owner
-        (trusted in-process callers only).
+        """Queue a task. A task's session must be its user's: a chat task's is created for the
+        user if it does not exist yet; without a ``user_id`` the task acts as the session's
+        owner (trusted in-process callers only).
 
         Raises:
             SessionNotFoundError: the session is another user's, or it does not exist and the
@@ -239,11 +245,14 @@ class AgentLoop(TaskScheduler):
         )
         user_id = kwargs.get("user_id") or (spec.user_id if is_task else spec.get("user_id"))
         task_type = spec.type if is_task else spec.get("type", "chat")
-        if session_id and task_type == "chat":
-            if user_id is None:
-                session = await self.sessions.get_session(session_id)
-            else:
-                session = await self.sessions.get_or_create(session_id, str(user_id))
+        if session_id:  # any task on a session must be its owner's
+            uid = None if user_id is None else str(user_id)
+            try:  # read first: usually cached, and no write per message
+                session = await self.sessions.get_session(session_id, user_id=uid)
+            except SessionNotFoundError:
+                if uid is None or task_type != "chat":
+                    raise
+                session = await self.sessions.get_or_create(session_id, uid)
             kwargs["user_id"] = session.user_id
         return await super().create_task(spec, **kwargs)
 
@@ -263,7 +272,8 @@ class AgentLoop(TaskScheduler):
         self._remove_collector()
 
     async def aclose(self) -> None:
-        """Stop, then close what this loop built itself: its session store and model."""
+        """Stop, then release connections: the session store if this loop built it, and the
+        model's clients (a model passed in stays usable: its clients reopen on next use)."""
         await self.stop()
         if self._owns_sessions:
             await self.sessions.close()

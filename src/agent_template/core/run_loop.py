@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent_template.errors import AgentTemplateError, MaxTurnsExceededError
+from agent_template.errors import AgentTemplateError, MaxTurnsExceededError, StorageError
 from agent_template.models import (
     AssistantMessage,
     DoneEvent,
@@ -469,12 +469,10 @@ def _storage_failure(exc: BaseException) -> AgentTemplateError:
     """A failure to store the run's messages, as the error the run ends with."""
     if isinstance(exc, AgentTemplateError):
         return exc
-    error = AgentTemplateError(
+    return StorageError(
         f"The conversation could not be saved ({type(exc).__name__}: {exc}). The answer so far "
         "is kept in memory only; check the database and retry."
     )
-    error.code = "storage_error"
-    return error
 
 
 def _unexpected(exc: Exception) -> AgentTemplateError:

@@ -27,7 +27,7 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 from pydantic import BaseModel
@@ -59,7 +59,11 @@ class TaskStore(Protocol):
     """Where task states are recorded; a live task holds a lease this process renews."""
 
     async def record_task(self, task: Task, lease_until: float | None) -> None: ...
-    async def renew_leases(self, task_ids: Iterable[str], until: float) -> None: ...
+    async def renew_leases(
+        self, task_ids: Iterable[str], until: float, *, holding: Iterable[str] = ...
+    ) -> Collection[str]:
+        """Extend leases; returns the ids whose lease is no longer this process's."""
+        ...
 
 
 @runtime_checkable
@@ -177,6 +181,7 @@ class TaskScheduler:
         self._blocked = 0  # running tasks waiting for another task: their slots are lent
         self._lent: dict[str, int] = {}  # such a waiting task -> how many waits it has
         self._waits: dict[str, list[str]] = {}  # task id -> running tasks waiting for it
+        self._interrupting: set[str] = set()  # running tasks being stopped as interrupted
         self._accepting = True
         self._idle: asyncio.Event | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -239,6 +244,9 @@ class TaskScheduler:
         )
         self._tasks[task.task_id] = task
         await self._changed(task, None)
+        if task.done:  # cancelled while its creation was being recorded
+            await self._record(task)  # so the final state is the one stored last
+            return task
         sid = task.session_id
         if sid is None or task.type not in self.session_kinds:
             self._enqueue(task)
@@ -255,9 +263,10 @@ class TaskScheduler:
         return task
 
     def get_task(self, task_id: str, *, user_id: str | None = None) -> Task:
-        """Raises TaskNotFoundError, also for another user's task (existence does not leak)."""
+        """Raises TaskNotFoundError, also for a task that is not ``user_id``'s (existence does
+        not leak). Without ``user_id`` (a trusted in-process caller) any task is found."""
         task = self._tasks.get(task_id)
-        if task is None or (user_id is not None and task.user_id not in (None, user_id)):
+        if task is None or (user_id is not None and task.user_id != user_id):
             raise TaskNotFoundError(task_id)
         return task
 
@@ -399,6 +408,8 @@ class TaskScheduler:
         except Exception as exc:
             await self._fail_unstarted(task, exc)
             return
+        if not await self._still_heads(line, task, acquired):
+            return
         if acquired:
             line.leased = True
             self._enqueue(task)
@@ -408,10 +419,26 @@ class TaskScheduler:
             holder = await leases.run_holder(sid)
         except Exception:  # only for the announcement; waiting goes on regardless
             log.debug("could not read the holder of session %s", sid, exc_info=True)
+        if not await self._still_heads(line, task, False):
+            return
         self._queued(task, ahead=0, holder=holder)
         line.admission = asyncio.create_task(
             self._await_lease(line, task, leases, sid), name=f"session {sid} for {task.task_id}"
         )
+
+    async def _still_heads(self, line: _Line, task: Task, acquired: bool) -> bool:
+        """After an await: whether ``task`` still waits at the head of its line (it was not
+        cancelled, or stopped, meanwhile). If not, a lease it just got is given back."""
+        heads = line.holder is task and self._lines.get(task.session_id or "") is line
+        if heads and not task.done and self._accepting:
+            return True
+        if acquired and self.session_leases is not None and task.session_id is not None:
+            await self.session_leases.release_run(task.session_id, task.task_id)
+        if not task.done:  # stopped meanwhile: it never ran
+            await self._finish(task, TaskState.INTERRUPTED)
+        elif heads:  # it ended while it waited here: the line moves on without it
+            await self._next_in_line(task)
+        return False
 
     async def _await_lease(self, line: _Line, task: Task, leases: SessionLeases, sid: str) -> None:
         """Try for a session held by another process until it is free (or we are cancelled)."""
@@ -424,19 +451,20 @@ class TaskScheduler:
                     sid, task.task_id, time.time() + self.lease_s, kinds=self.session_kinds
                 ):
                     break
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             line.admission = None
             await self._fail_unstarted(task, exc)
             return
         line.admission = None
-        line.leased = True
-        self._enqueue(task)
-        self._dispatch()
+        if await self._still_heads(line, task, True):
+            line.leased = True
+            self._enqueue(task)
 
     async def _fail_unstarted(self, task: Task, exc: Exception) -> None:
-        """A task that could not get its session (storage trouble) fails with the cause."""
+        """A task that could not get its session (storage trouble, or the session is gone)
+        fails with the cause."""
+        if task.done:
+            return
         message = str(exc) or type(exc).__name__
         task.error = message
         code = exc.code if isinstance(exc, AgentTemplateError) else "storage_error"
@@ -509,6 +537,8 @@ class TaskScheduler:
                     best, best_score = head, score
         if best is not None:
             self._pending[int(best.priority)].popleft()
+            if best.done:  # finished while it waited (cancelled): look again
+                return self._next()
         return best
 
     def _dispatch(self) -> None:
@@ -562,7 +592,9 @@ class TaskScheduler:
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()  # handled here: the task ends cancelled
-            state = TaskState.INTERRUPTED if not self._accepting else TaskState.CANCELLED
+            interrupted = not self._accepting or task.task_id in self._interrupting
+            state = TaskState.INTERRUPTED if interrupted else TaskState.CANCELLED
+            self._interrupting.discard(task.task_id)
             if outcome is not None and hasattr(outcome, "aclose"):
                 await outcome.aclose()  # stops the model stream and tools, keeps the partial
         except Exception as exc:  # a handler's failure fails its task, not the loop
@@ -586,12 +618,17 @@ class TaskScheduler:
         done: DoneEvent | None = None,
         error: ErrorEvent | None = None,
     ) -> None:
-        """Record the outcome, free the session, end the stream, then the descendants."""
+        """Record the outcome, free the session, stop the descendants, end the stream, and
+        only then tell whoever waits for the task."""
         task.finished_at = time.time()
         stream = self._live_streams.pop(task.task_id, None)
         try:
             await self._changed(task, state)
             await self._next_in_line_safely(task)
+            for child_id in self._children.pop(task.task_id, ()):
+                child = self._tasks.get(child_id)
+                if child is not None and not child.done:
+                    await self.cancel_task(child_id)
         finally:
             if stream is not None:
                 status = _FINAL_STATUS[state]
@@ -612,13 +649,9 @@ class TaskScheduler:
                 gone = self._finished.popleft()
                 self._tasks.pop(gone, None)
                 self._children.pop(gone, None)
-        if not self._live_streams and self._renewer is not None:
-            self._renewer.cancel()  # nothing left to renew; do not wait for its next tick
-            self._renewer = None
-        for child_id in self._children.pop(task.task_id, ()):
-            child = self._tasks.get(child_id)
-            if child is not None and not child.done:
-                await self.cancel_task(child_id)
+            if not self._live_streams and self._renewer is not None:
+                self._renewer.cancel()  # nothing left to renew; do not wait for its next tick
+                self._renewer = None
 
     async def _next_in_line_safely(self, task: Task) -> None:
         if task.session_id is not None and task.session_id in self._lines:
@@ -633,17 +666,19 @@ class TaskScheduler:
             previous, task.state = task.state, state
         await self._announce(task, previous)
 
+    async def _record(self, task: Task) -> None:
+        if self.task_store is None or task.session_id is None:
+            return
+        live = not task.done
+        try:
+            await self.task_store.record_task(task, time.time() + self.lease_s if live else None)
+        except Exception:  # the run goes on; the next state change records it again
+            log.exception("could not record task %s as %s", task.task_id, task.state)
+        if live and self._renewer is None:
+            self._renewer = asyncio.create_task(self._renew_leases(), name="task leases")
+
     async def _announce(self, task: Task, previous: TaskState | None) -> None:
-        if self.task_store is not None and task.session_id is not None:
-            live = not task.done
-            try:
-                await self.task_store.record_task(
-                    task, time.time() + self.lease_s if live else None
-                )
-            except Exception:  # the run goes on; the next state change records it again
-                log.exception("could not record task %s as %s", task.task_id, task.state)
-            if live and self._renewer is None:
-                self._renewer = asyncio.create_task(self._renew_leases(), name="task leases")
+        await self._record(task)
         self.bus.publish(
             TaskStateChanged(
                 session_id=task.session_id,
@@ -660,24 +695,65 @@ class TaskScheduler:
                 task, HookContext(task.session_id, None, task.task_id, task.user_id)
             )
 
-    def _live_ids(self) -> list[str]:
-        return [t for t in self._live_streams if t in self._tasks]
-
     async def _renew_leases(self) -> None:
-        """Extend the leases of live tasks (and the sessions they hold) until none is left."""
+        """Extend the leases of live tasks (and the sessions they hold) until none is left.
+
+        A lease that could not be extended is no longer ours (another process recovered the
+        task, or took its session over after the lease expired): that run is interrupted, so
+        that two runs never work on one session.
+        """
         assert self.task_store is not None
         try:
             while self._live_streams:
                 await asyncio.sleep(self.lease_s / 3)
-                live = self._live_ids()
-                if live:
-                    try:
-                        await self.task_store.renew_leases(live, time.time() + self.lease_s)
-                    except Exception:  # retried at the next tick, well before expiry
-                        log.exception("could not renew task leases")
+                recorded = [
+                    task_id
+                    for task_id in self._live_streams
+                    if (task := self._tasks.get(task_id)) is not None and task.session_id
+                ]
+                holding = [
+                    line.holder.task_id
+                    for line in self._lines.values()
+                    if line.leased and line.holder is not None
+                ]
+                if not recorded and not holding:
+                    continue
+                try:
+                    lost = await self.task_store.renew_leases(
+                        recorded, time.time() + self.lease_s, holding=holding
+                    )
+                except Exception:  # retried at the next tick, well before expiry
+                    log.exception("could not renew task leases")
+                    continue
+                for task_id in lost:
+                    await self._lost_lease(task_id)
         finally:
             if self._renewer is asyncio.current_task():
                 self._renewer = None
+
+    async def _lost_lease(self, task_id: str) -> None:
+        task = self._tasks.get(task_id)
+        if task is None or task.done:
+            return
+        log.warning(
+            "task %s lost its lease (another process took it over); it is interrupted", task_id
+        )
+        task.error = "Another process took this task's session over; the run was stopped."
+        line = self._lines.get(task.session_id or "")
+        if line is not None and line.holder is task:
+            line.leased = False  # not ours to release any more
+        runner = self._running.get(task_id)
+        if runner is not None:
+            self._interrupting.add(task_id)
+            runner.cancel()
+            await asyncio.wait([runner])
+            if not task.done:
+                self._running.pop(task_id, None)
+                await self._finish(task, TaskState.INTERRUPTED)
+        else:
+            self._withdraw(task)
+            await self._finish(task, TaskState.INTERRUPTED)
+        self._dispatch()
 
     # ------------------------------------------------------------------ service
 

@@ -1,7 +1,8 @@
 """Numbered chunk streams: a run's events for any number of consumers.
 
 A :class:`ChunkStream` numbers every event it is given (from 1) and keeps the most recent ones,
-bounded by count (``retain``) and by an estimate of their size in memory (``retain_bytes``).
+bounded by count (``retain``, give or take an eighth) and by an estimate of their size in memory
+(``retain_bytes``).
 Each consumer reads through its own :class:`AsyncQueue`, so a slow consumer never slows the
 producer or the others. When a consumer's queue is full its policy decides:
 
@@ -305,7 +306,7 @@ class ChunkStream:
 
     Args:
         stream_id: the stream's id (a task's stream has the task's id).
-        retain: the most chunks kept for late readers.
+        retain: chunks kept for late readers (up to an eighth more between trims).
         retain_bytes: the most memory (estimated) the kept chunks may take.
         queue_size: per-consumer queue size before the consumer's policy applies.
         policy: the default consumer policy.
@@ -326,6 +327,9 @@ class ChunkStream:
     ) -> None:
         self.info = info or StreamInfo(stream_id)
         self.retain = max(1, retain)
+        # Trimming an eighth at a time keeps it amortised O(1) per chunk, at the cost of
+        # retaining up to that many chunks more than ``retain`` in between.
+        self._trim_at = self.retain + max(1, self.retain // 8)
         self.retain_bytes = max(CHUNK_OVERHEAD_BYTES, retain_bytes)
         self.queue_size = queue_size
         self.policy: ConsumerPolicy = policy
@@ -361,17 +365,14 @@ class ChunkStream:
             self.retained_bytes += CHUNK_OVERHEAD_BYTES + len(event.text)
         else:
             self.retained_bytes += event_size(event)
-        if len(log) >= 2 * self.retain or self.retained_bytes > self.retain_bytes:
+        if len(log) > self._trim_at or self.retained_bytes > self.retain_bytes:
             self._trim()
         for consumer in self._consumers:
             consumer._offer(chunk)
         return chunk
 
     def _trim(self) -> None:
-        """Drop the oldest chunks: down to ``retain`` chunks and 3/4 of ``retain_bytes``.
-
-        Trimming well below the limits keeps it amortised O(1) per chunk.
-        """
+        """Drop the oldest chunks: down to ``retain`` chunks and 3/4 of ``retain_bytes``."""
         log = self._log
         cut = max(0, len(log) - self.retain)
         freed = sum(event_size(c.event) for c in log[:cut])

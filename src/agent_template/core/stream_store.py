@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from agent_template.core.stream_gen import (
@@ -51,9 +51,9 @@ class StreamStore(ABC):
     """Creates streams, finds them by id for their owner, and releases them.
 
     A stream's producer publishes on the :class:`ChunkStream` that :meth:`create` returns;
-    consumers come from :meth:`subscribe`. Ownership: a stream created with a ``user_id`` is
-    visible only to that user (and to trusted callers that pass no ``user_id``); to anyone
-    else it does not exist, so ids do not reveal other users' streams.
+    consumers come from :meth:`subscribe`. Ownership: a caller that names a ``user_id`` finds
+    only that user's streams; to it any other stream does not exist, so ids reveal nothing.
+    Trusted in-process callers pass no ``user_id`` and find every stream.
     """
 
     @abstractmethod
@@ -161,8 +161,10 @@ class MemoryStreamStore(StreamStore):
         self._streams: dict[str, ChunkStream] = {}  # ids and aliases
         self._names: dict[int, list[str]] = {}  # id(stream) -> every key it is kept under
         self._open: dict[int, ChunkStream] = {}
-        self._finished: deque[ChunkStream] = deque()  # lingering, in the order they closed
-        self._held: deque[ChunkStream] = deque()  # past their linger, still being read
+        # Finished streams still kept, oldest first (dicts by id: a stream can leave either
+        # at once when it is released).
+        self._finished: dict[int, ChunkStream] = {}  # lingering, in the order they closed
+        self._held: dict[int, ChunkStream] = {}  # past their linger, still being read
         self._closed_bytes = 0  # retained by the finished streams still kept
         self.released = 0
 
@@ -201,8 +203,7 @@ class MemoryStreamStore(StreamStore):
         stream = self._streams.get(stream_id)
         if stream is None:
             raise StreamNotFoundError(stream_id)
-        owner = stream.info.user_id
-        if user_id is not None and owner is not None and owner != user_id:
+        if user_id is not None and stream.info.user_id != user_id:
             raise StreamNotFoundError(stream_id)
         return stream
 
@@ -226,7 +227,7 @@ class MemoryStreamStore(StreamStore):
         self._keep(stream_id, stream)
         if stream.closed:
             self._closed_bytes += stream.retained_bytes
-            self._finished.append(stream)
+            self._finished[id(stream)] = stream
         else:
             self._open[id(stream)] = stream
             stream._on_close = self._closed
@@ -246,15 +247,18 @@ class MemoryStreamStore(StreamStore):
         for key in names:
             if self._streams.get(key) is stream:
                 del self._streams[key]
-        if self._open.pop(id(stream), None) is None:
+        ident = id(stream)
+        if self._open.pop(ident, None) is None:
             self._closed_bytes -= stream.retained_bytes
+        self._finished.pop(ident, None)
+        self._held.pop(ident, None)
         stream.on_idle = None
         self.released += 1
 
     def _closed(self, stream: ChunkStream) -> None:
         if self._open.pop(id(stream), None) is not None:
             self._closed_bytes += stream.retained_bytes
-        self._finished.append(stream)
+        self._finished[id(stream)] = stream
         self.sweep()
 
     def _idle(self, stream: ChunkStream) -> None:
@@ -265,26 +269,24 @@ class MemoryStreamStore(StreamStore):
         """Release finished streams that nobody can resume any more, oldest first."""
         finished, held = self._finished, self._held
         cutoff = time.monotonic() - self.linger_s
-        while finished and (finished[0].closed_at or 0.0) <= cutoff:
-            head = finished.popleft()
-            if id(head) not in self._names:
-                continue  # released already
+        while finished:
+            head = next(iter(finished.values()))
+            if (head.closed_at or 0.0) > cutoff:
+                break  # the rest closed later still
+            del finished[id(head)]
             if head.readers:
                 head.on_idle = self._idle  # released when its last reader is done
-                held.append(head)
+                held[id(head)] = head
             else:
                 self._forget(head)
-        kept = len(self._names) - len(self._open)  # finished streams still kept
-        if not kept:
-            return
+        kept = len(finished) + len(held)
         total = self._closed_bytes  # finished streams no longer change size
         for queue in (held, finished):  # the held ones closed first
             while queue and (kept > self.max_streams or total > self.max_bytes):
-                head = queue.popleft()
-                if id(head) in self._names:
-                    total -= head.retained_bytes
-                    kept -= 1
-                    self._forget(head)
+                head = next(iter(queue.values()))
+                total -= head.retained_bytes
+                kept -= 1
+                self._forget(head)
 
     def stats(self) -> dict[str, Any]:
         self.sweep()
@@ -301,12 +303,15 @@ class MemoryStreamStore(StreamStore):
 _default_store: StreamStore | None = None
 
 
-def default_stream_store() -> StreamStore:
+def default_stream_store(make: Callable[[], StreamStore] | None = None) -> StreamStore:
     """The process's store for callers that compose nothing themselves (``AgentLoop()``,
-    ``StreamGenerator()``); an app's composition root builds and passes its own."""
+    ``StreamGenerator()``); an app's composition root builds and passes its own.
+
+    ``make`` builds it when there is none yet (``AgentLoop()`` builds it from its settings).
+    """
     global _default_store
     if _default_store is None:
-        _default_store = MemoryStreamStore()
+        _default_store = make() if make is not None else MemoryStreamStore()
     return _default_store
 
 

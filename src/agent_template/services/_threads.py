@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import queue
 import threading
 from collections.abc import Callable, Mapping
@@ -24,7 +25,7 @@ _IDLE_EXIT_S = 60.0  # an idle thread exits after this long, so bursts do not le
 
 
 class _Call:
-    __slots__ = ("abandoned", "fn", "future", "kwargs", "loop", "running")
+    __slots__ = ("abandoned", "context", "fn", "future", "kwargs", "loop", "running")
 
     def __init__(
         self,
@@ -33,6 +34,9 @@ class _Call:
         loop: asyncio.AbstractEventLoop,
         future: asyncio.Future[Any],
     ) -> None:
+        # The caller's context variables, as asyncio.to_thread hands them on (logging and
+        # tracing context, for one).
+        self.context = contextvars.copy_context()
         self.fn = fn
         self.kwargs = kwargs
         self.loop = loop
@@ -95,7 +99,7 @@ class _Pool:
         """Run one call; False when this thread should end (it came back from an abandoned
         call and the pool is full meanwhile)."""
         try:
-            outcome: tuple[bool, Any] = (True, call.fn(**call.kwargs))
+            outcome: tuple[bool, Any] = (True, call.context.run(call.fn, **call.kwargs))
         except BaseException as exc:
             outcome = (False, exc)
         with self._lock:

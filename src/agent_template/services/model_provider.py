@@ -89,6 +89,64 @@ async def collect_response(events: AsyncIterator[ModelEvent]) -> ModelResponse:
     raise ProviderError("unknown", "the stream ended without a finish event")
 
 
+WATCHDOG_PERIOD_S = 0.25  # how often attempts in flight are checked against their deadlines
+
+
+class _Attempt:
+    """One attempt's deadline, enforced while the provider is awaited (never while the caller
+    holds an event): a stalled or trickling stream is cut at the deadline, whatever its reads
+    (SSE keep-alive comments reset a read timeout without bringing an event)."""
+
+    __slots__ = ("awaiting", "deadline", "fired", "task")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.fired = False
+        self.awaiting = False
+        self.task = asyncio.current_task()
+
+    def expire(self) -> None:
+        self.fired = True
+        if self.awaiting and self.task is not None:
+            self.task.cancel()
+
+    def timed_out(self) -> bool:
+        """After a CancelledError while awaiting: whether it was ours (a timeout)."""
+        return self.fired and self.task is not None and self.task.uncancel() == 0
+
+
+class _Watchdog:
+    """One timer for all of a manager's attempts in flight (a timer per attempt would cost
+    more than the rest of a short call), checking every :data:`WATCHDOG_PERIOD_S`."""
+
+    __slots__ = ("_attempts", "_handle", "_loop")
+
+    def __init__(self) -> None:
+        self._attempts: set[_Attempt] = set()
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def watch(self, attempt: _Attempt) -> None:
+        self._attempts.add(attempt)
+        loop = asyncio.get_running_loop()
+        if self._handle is None or self._loop is not loop:
+            self._loop = loop
+            self._handle = loop.call_later(WATCHDOG_PERIOD_S, self._sweep)
+
+    def forget(self, attempt: _Attempt) -> None:
+        self._attempts.discard(attempt)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for attempt in [a for a in self._attempts if now >= a.deadline]:
+            self._attempts.discard(attempt)
+            attempt.expire()
+        if self._attempts and self._loop is not None and not self._loop.is_closed():
+            self._handle = self._loop.call_later(WATCHDOG_PERIOD_S, self._sweep)
+        else:
+            self._handle = None
+
+
 class _Member:
     """A provider instance in the manager, with its breaker and health figures."""
 
@@ -140,6 +198,7 @@ class ModelManager:
         self.call_timeout = settings.model_call_timeout
         # Switches from a failed provider to the next one: in total, and by "from -> to".
         self.failovers = 0
+        self._watchdog = _Watchdog()
         self.failover_counts: dict[str, int] = {}
         if providers is None:
             from agent_template.services.providers import build_chain
@@ -267,8 +326,22 @@ class ModelManager:
                 t0 = time.perf_counter()
                 member.health.requests += 1
                 events = member.provider.stream(request)
+                watch = _Attempt(deadline)
+                self._watchdog.watch(watch)
+                next_event = events.__anext__
                 try:
-                    async for event in events:
+                    while True:
+                        watch.awaiting = True
+                        try:
+                            event = await next_event()
+                        except StopAsyncIteration:
+                            break
+                        except asyncio.CancelledError:
+                            if watch.timed_out():  # our watchdog's, not the caller's
+                                raise self._overran(member, begun, call_deadline) from None
+                            raise
+                        finally:
+                            watch.awaiting = False
                         if type(event) is ResponseFinished:
                             # Record it now: a consumer may stop reading at the finish event
                             # (collect_response does), and this generator never resumes.
@@ -281,7 +354,7 @@ class ModelManager:
                                 self._log_failover(failed, member.provider.label)
                             yield event
                             return
-                        if clock() > deadline:  # one comparison per event: the hot path
+                        if watch.fired:  # it overran while the caller held an event
                             raise self._overran(member, begun, call_deadline)
                         if not started:
                             started = True
@@ -314,6 +387,8 @@ class ModelManager:
                     await asyncio.sleep(min(delay, max(call_deadline - clock(), 0.0)))
                     attempt += 1
                 finally:
+                    watch.awaiting = False
+                    self._watchdog.forget(watch)
                     # Release the provider's connection now, also when our caller stopped early.
                     close = getattr(events, "aclose", None)
                     if close is not None:

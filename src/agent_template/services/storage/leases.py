@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import and_, or_, select, update
 
+from agent_template.errors import SessionNotFoundError
 from agent_template.models import Task
 from agent_template.services.storage import schema as s
 from agent_template.services.storage.engine import owner_is_dead
@@ -39,6 +40,10 @@ _T = TypeVar("_T")
 def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), _IN_CHUNK):
         yield items[start : start + _IN_CHUNK]
+
+
+class _OlderWaiter(Exception):
+    """Rolls back a lease just taken: an older task of the session waits for it."""
 
 
 class TaskLeases:
@@ -84,24 +89,55 @@ class TaskLeases:
         async with self._tx(write=True) as conn:
             await conn.execute(statement)
 
-    async def renew_leases(self, task_ids: Iterable[str], until: float) -> None:
-        """Extend this process's leases on ``task_ids``, and on the sessions they hold."""
-        ids = list(task_ids)
-        if not ids:
-            return
+    async def renew_leases(
+        self, task_ids: Iterable[str], until: float, *, holding: Iterable[str] = ()
+    ) -> set[str]:
+        """Extend this process's leases on ``task_ids``, and the run leases of the sessions
+        that the tasks in ``holding`` hold.
+
+        Returns:
+            The ids whose lease could not be extended: it is no longer this process's (another
+            process recovered the task, or took the session over after the lease expired).
+            Those runs must stop: someone else now acts for them.
+        """
+        ids, holders = list(task_ids), list(holding)
+        if not ids and not holders:
+            return set()
         t, ss = s.tasks, s.sessions
+        renewed: set[str] = set()
+        lost: set[str] = set()
+        kept: set[str] = set()
         async with self._tx(write=True) as conn:
             for chunk in _chunks(ids):
-                await conn.execute(
+                done = await conn.execute(
                     update(t)
                     .where(and_(t.c.id.in_(chunk), t.c.lease_owner == self.owner))
                     .values(lease_expires_at=until)
+                    .returning(t.c.id)
                 )
-                await conn.execute(
+                renewed.update(row[0] for row in done)
+            missed = [task_id for task_id in ids if task_id not in renewed]
+            for chunk in _chunks(missed):
+                # Lost means recorded as someone else's (or recovered: no owner). A row not
+                # there yet is a task whose creation is being recorded right now: not lost.
+                theirs = await conn.execute(
+                    select(t.c.id).where(
+                        and_(
+                            t.c.id.in_(chunk),
+                            or_(t.c.lease_owner.is_(None), t.c.lease_owner != self.owner),
+                        )
+                    )
+                )
+                lost.update(row[0] for row in theirs)
+            for chunk in _chunks(holders):
+                done = await conn.execute(
                     update(ss)
                     .where(and_(ss.c.run_holder.in_(chunk), ss.c.run_owner == self.owner))
                     .values(run_lease_expires_at=until)
+                    .returning(ss.c.run_holder)
                 )
+                kept.update(row[0] for row in done)
+        return lost | (set(holders) - kept)
 
     async def load_tasks(self, session_id: str) -> list[TaskRecord]:
         """The session's tasks, oldest first."""
@@ -198,14 +234,27 @@ class TaskLeases:
         check for that older task applies only when ``task_id`` has a task row.
 
         Returns:
-            True when ``task_id`` holds the lease now; False when another task holds it, an
-            older one is waiting for it, or the session does not exist.
+            True when ``task_id`` holds the lease now; False when another task holds it or
+            an older one is waiting for it.
+
+        Raises:
+            SessionNotFoundError: the session does not exist (it may have been deleted).
         """
         now = time.time()
+        wanted = list(kinds)
+        try:
+            return await self._acquire_run(session_id, task_id, until, wanted, now)
+        except _OlderWaiter:
+            return False  # the transaction was rolled back: nothing changed
+
+    async def _acquire_run(
+        self, session_id: str, task_id: str, until: float, kinds: list[str], now: float
+    ) -> bool:
         ss = s.sessions
         async with self._tx(write=True) as conn:
-            if await self._older_waiter(conn, session_id, task_id, list(kinds), now):
-                return False
+            # The write comes first, so on SQLite the transaction holds the write lock from its
+            # first statement (SQLite refuses to upgrade a read transaction that a writer in
+            # another process overtook). Refusing for an older waiter then rolls it back.
             taken = await conn.execute(
                 update(ss)
                 .where(
@@ -221,13 +270,19 @@ class TaskLeases:
                 .values(run_holder=task_id, run_owner=self.owner, run_lease_expires_at=until)
             )
             if taken.rowcount == 1:
+                if await self._older_waiter(conn, session_id, task_id, kinds, now):
+                    raise _OlderWaiter
                 return True
             row = (
                 await conn.execute(
                     select(ss.c.run_holder, ss.c.run_owner).where(ss.c.id == session_id)
                 )
             ).first()
-            if row is None or not owner_is_dead(row.run_owner):
+            if row is None:
+                raise SessionNotFoundError(session_id)
+            if not owner_is_dead(row.run_owner):
+                return False
+            if await self._older_waiter(conn, session_id, task_id, kinds, now):
                 return False
             # The holder's process is gone. Name it in the WHERE: if another process took
             # the lease over from it meanwhile, this matches nothing.

@@ -118,14 +118,21 @@ class MemorySessionStore:
             getattr(task, "parent_id", None),
         )
 
-    async def renew_leases(self, task_ids: Iterable[str], until: float) -> None:
-        ids = set(task_ids)
+    async def renew_leases(
+        self, task_ids: Iterable[str], until: float, *, holding: Iterable[str] = ()
+    ) -> set[str]:
+        """Extend leases (see SQLStore); returns the holders whose session run lease is gone
+        (one process: nobody else can have taken a task over)."""
+        ids, holders = set(task_ids), set(holding)
         for task_id in ids:
             if task_id in self._tasks:
                 self._tasks[task_id].lease_expires_at = until
+        kept: set[str] = set()
         for session_id, (holder, _) in list(self._runs.items()):
-            if holder in ids:
+            if holder in holders:
                 self._runs[session_id] = (holder, until)
+                kept.add(holder)
+        return holders - kept
 
     async def load_tasks(self, session_id: str) -> list[TaskRecord]:
         return [t for t in self._tasks.values() if t.session_id == session_id]
@@ -144,11 +151,13 @@ class MemorySessionStore:
         """Take the session's run lease for ``task_id`` until ``until`` (see SQLStore).
 
         Free when nobody holds it or it expired; not granted while an older pending task of
-        the session, of a type in ``kinds``, waits with a live lease. False for a missing
-        session.
+        the session, of a type in ``kinds``, waits with a live lease.
+
+        Raises:
+            SessionNotFoundError: the session does not exist.
         """
         if session_id not in self._sessions:
-            return False
+            raise SessionNotFoundError(session_id)
         now = time.time()
         mine = self._tasks.get(task_id)
         if mine is not None:
