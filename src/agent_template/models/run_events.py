@@ -143,33 +143,10 @@ ModelEvent: TypeAlias = (
     | ResponseFinished
 )
 
-RunEvent = Annotated[
-    TextDelta
-    | ReasoningDelta
-    | ToolCallStarted
-    | ToolCallDelta
-    | ToolCallReady
-    | ToolResultEvent
-    | UsageEvent
-    | ResponseFinished
-    | ErrorEvent
-    | DoneEvent,
-    Field(discriminator="type"),
-]
-StreamEvent = Annotated[
-    TextDelta
-    | ReasoningDelta
-    | ToolCallStarted
-    | ToolCallDelta
-    | ToolCallReady
-    | ToolResultEvent
-    | UsageEvent
-    | ResponseFinished
-    | ErrorEvent
-    | DoneEvent
-    | RunQueued
-    | StreamGap,
-    Field(discriminator="type"),
-]
+# What a run yields: the model's events, and the tool results, errors and end it adds.
+_RunEventTypes: TypeAlias = ModelEvent | ToolResultEvent | ErrorEvent | DoneEvent
+RunEvent = Annotated[_RunEventTypes, Field(discriminator="type")]
+# What a task's stream carries besides: a wait for its session, and gaps a consumer missed.
+StreamEvent = Annotated[_RunEventTypes | RunQueued | StreamGap, Field(discriminator="type")]
 stream_event_adapter: TypeAdapter[StreamEvent] = TypeAdapter(StreamEvent)
 run_event_adapter: TypeAdapter[RunEvent] = TypeAdapter(RunEvent)
