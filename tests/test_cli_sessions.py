@@ -274,3 +274,48 @@ def test_a_data_folder_that_cannot_be_written_is_said_to_be_one(tmp_path: Path) 
     assert "this user may write to it" in proc.stderr
     assert "unavailable" not in proc.stderr and "reachable" not in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_two_databases_sharing_one_redis_keep_their_own_sessions(tmp_path: Path) -> None:
+    """A session cached for one project's database is not taken to exist in another's."""
+    import asyncio
+
+    from agent_template.config import Settings
+    from agent_template.services.session_manager import SessionManager
+
+    url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    try:
+        import redis
+
+        redis.Redis.from_url(url, socket_timeout=2).ping()
+    except Exception as exc:
+        from tests.conftest import service_missing
+
+        service_missing(f"Redis at {url}", exc)
+    session = f"shared-{os.getpid()}-{time.time_ns()}"
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+
+    async def cached_in_one() -> None:  # as a process of project one leaves it, mid-run
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None,
+            database_url=f"sqlite:///{one / 'agent.db'}",
+            redis_url=url,
+            data_dir=one / "data",
+        )
+        manager = SessionManager(settings)
+        await manager.create_session("default", session_id=session)
+        await manager.get_session(session)  # now in Redis
+        await manager.close()
+
+    asyncio.run(cached_in_one())
+    env = {
+        **os.environ,
+        "REDIS_URL": url,
+        "DEFAULT_MODEL_PROVIDER": "test",
+        "DATABASE_URL": f"sqlite:///{two / 'agent.db'}",
+    }
+    proc = cli("run", "--session", session, "hi", env=env, cwd=two)
+    assert proc.returncode == 0, proc.stderr
+    assert "does not exist" not in proc.stderr

@@ -53,6 +53,11 @@ _EXPECTED = {
         )
     },
     "TOOL_TIMEOUT": "a positive number of seconds",
+    "AUTH_REQUIRED": "true or false",
+    "MAX_REQUEST_BYTES": "an integer of at least 1024 (bytes)",
+    "RATE_LIMIT_PER_MINUTE": "an integer, 0 for no limit",
+    "MAX_TASKS_PER_USER": "an integer, 0 for no limit",
+    "SHUTDOWN_GRACE_S": "a number of seconds, 0 or more",
     "MAX_TURNS": "a positive integer",
 }
 
@@ -104,11 +109,23 @@ class Settings(BaseModel):
     # Server
     server_host: str = "127.0.0.1"
     server_port: int = Field(8000, ge=1, le=65535)
+    # Auth: bearer tokens from ``agent-template token create``. Off: loopback clients only.
+    auth_required: bool = False
+    cors_origins: list[str] = Field(default_factory=list)  # empty: no CORS headers
+    max_request_bytes: int = Field(1024 * 1024, ge=1024)  # a request body or WebSocket frame
+    rate_limit_per_minute: int = Field(120, ge=0)  # requests per user; 0: unlimited
+    max_tasks_per_user: int = Field(8, ge=0)  # live tasks per user; 0: unlimited
+    shutdown_grace_s: float = Field(10.0, ge=0)  # running tasks may finish within this
+    ws_queue_frames: int = Field(512, ge=8)  # frames buffered per WebSocket before coalescing
+    ws_heartbeat_s: float = Field(20.0, gt=0)  # seconds between heartbeat frames
 
     # Storage
     database_url: str = "sqlite:///./data/agent_template.db"
     redis_url: str | None = None
     cache_backend: Literal["memory", "sqlite", "redis"] | None = None  # None: redis if set
+    # Prefix of every cache key; None: one derived from DATABASE_URL, so two databases that
+    # share a Redis never see each other's sessions.
+    cache_namespace: str | None = None
     data_dir: Path = Path("./data")
     session_ttl: float | None = Field(None, gt=0)  # seconds idle before cleanup; None: keep
     context_window_messages: int = Field(200, ge=2)
@@ -147,6 +164,7 @@ class Settings(BaseModel):
         "local_base_url",
         "redis_url",
         "cache_backend",
+        "cache_namespace",
         "session_ttl",
         mode="before",
     )
@@ -181,6 +199,13 @@ class Settings(BaseModel):
         scheme = value.partition("://")[0].split("+")[0]
         if "://" not in value or scheme not in ("sqlite", "postgresql", "postgres"):
             raise ValueError("unsupported database URL")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("fallback_providers", mode="before")

@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from agent_template.errors import ConfigurationError
@@ -33,6 +36,7 @@ __all__ = [
     "SQLiteStateCache",
     "StateCache",
     "StateCacheError",
+    "cache_namespace",
     "create_state_cache",
 ]
 
@@ -53,10 +57,33 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def cache_namespace(settings: Settings) -> str:
+    """The key prefix of the cache in front of ``settings.database_url``.
+
+    ``CACHE_NAMESPACE`` when set; otherwise ``agent_template:`` and a digest of the database
+    (a SQLite file by its absolute path, any other database by its URL without the password),
+    so that processes sharing one database share cache entries, and two databases sharing
+    one Redis (two projects, or tests) never read each other's.
+    """
+    explicit = getattr(settings, "cache_namespace", None)
+    if explicit:
+        return str(explicit)
+    from agent_template.services.storage.engine import sqlite_path
+
+    url = settings.database_url
+    path = sqlite_path(url)
+    if path is not None:
+        identity = "sqlite:" + str(Path(path).resolve())
+    else:
+        identity = re.sub(r"(//[^:/@]*):[^@]*@", r"\1@", url)  # drop a password
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    return f"{DEFAULT_NAMESPACE}:{digest}"
+
+
 def create_state_cache(
     settings: Settings,
     *,
-    namespace: str = DEFAULT_NAMESPACE,
+    namespace: str | None = None,
     on_fallback: Callable[[str], None] | None = None,
 ) -> StateCache:
     """Build the state cache that ``settings`` ask for. No connection is made yet.
@@ -68,6 +95,7 @@ def create_state_cache(
     Without it: an in-process :class:`MemoryStateCache`. A ``cache_backend`` setting of
     ``memory``, ``sqlite`` or ``redis`` overrides the choice (``redis`` keeps the fallback).
 
+    Keys are prefixed with ``namespace``, by default :func:`cache_namespace`.
     ``on_fallback`` is called each time the fallback serves an operation (for a metric).
 
     Raises:
@@ -82,6 +110,8 @@ def create_state_cache(
         )
     if choice == "auto":
         choice = "redis" if settings.redis_url else "memory"
+    if namespace is None:
+        namespace = cache_namespace(settings)
     if choice == "memory":
         return MemoryStateCache(namespace=namespace)
 
