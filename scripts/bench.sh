@@ -8,3 +8,6 @@ export PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/python benchmarks/storage.py
 .venv/bin/python benchmarks/cache_latency.py
 .venv/bin/python benchmarks/soak.py
+.venv/bin/python benchmarks/startup.py
+.venv/bin/python benchmarks/http_load.py
+.venv/bin/python benchmarks/ws_load.py

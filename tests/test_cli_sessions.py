@@ -111,7 +111,9 @@ def test_sessions_delete_and_unknown_session(wire_server: WireServer, tmp_path: 
     assert "Session 'gone' does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr
     upgraded = cli("db", "upgrade", env=env, cwd=tmp_path)
-    assert "revision 0003" in upgraded.stdout
+    from agent_template.services.storage.migrate import HEAD_REVISION
+
+    assert f"revision {HEAD_REVISION}" in upgraded.stdout
 
 
 def test_ctrl_c_cancels_promptly_and_keeps_the_partial_answer(

@@ -36,7 +36,8 @@ def test_import_loads_no_sdk() -> None:
     code = (
         "import sys, agent_template\n"
         "from agent_template import Agent, tool\n"
-        "heavy = {'openai', 'anthropic', 'pydantic_settings'}\n"
+        "heavy = {'openai', 'anthropic', 'pydantic_settings', 'fastapi', 'starlette',\n"
+        "         'uvicorn', 'websockets', 'prometheus_client', 'opentelemetry'}\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from agent_template.models import Session, UserMessage
 from agent_template.services.storage import SQLStore, TodoRecord
-from agent_template.services.storage.migrate import current_revision, upgrade
+from agent_template.services.storage.migrate import HEAD_REVISION, current_revision, upgrade
 from tests.conftest import pg_schema
 
 
@@ -36,7 +36,7 @@ async def test_upgrade_from_empty(kind: str, tmp_path: Path) -> None:
     async with database(kind, tmp_path) as (url, args):
         store = SQLStore(url, connect_args=args)
         engine = await store.open()
-        assert await current_revision(engine) == "0003"
+        assert await current_revision(engine) == HEAD_REVISION
         await store.open()  # idempotent
         await store.close()
 
@@ -100,9 +100,9 @@ async def test_0003_keeps_tasks_and_adds_owners_and_the_run_lease(
             )
         await engine.dispose()
 
-        store = SQLStore(url, connect_args=args)  # opening applies 0003
+        store = SQLStore(url, connect_args=args)  # opening applies 0003 (and what follows)
         engine = await store.open()
-        assert await current_revision(engine) == "0003"
+        assert await current_revision(engine) == HEAD_REVISION
         (task,) = await store.load_tasks("old")
         assert (task.task_id, task.state, task.user_id, task.parent_id) == (
             "t-old",

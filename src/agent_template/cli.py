@@ -495,16 +495,19 @@ def init(
 def main() -> None:
     """Entry point of ``agent-template``."""
     from agent_template.cli_sessions import db_app, sessions_app
+    from agent_template.cli_tokens import token_app
 
     app.add_typer(sessions_app, name="sessions")
     app.add_typer(db_app, name="db")
+    app.add_typer(token_app, name="token")
     app()
 
 
 def server_main() -> None:
     """Entry point of ``agent-server`` (the FastAPI server)."""
-    _err("agent-server is not built yet; use 'agent-template run' for now.")
-    raise SystemExit(_EXIT_FAILED)
+    from agent_template.api.server import main as serve
+
+    serve()
 
 
 def client_main() -> None:

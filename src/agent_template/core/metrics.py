@@ -346,11 +346,24 @@ class Metrics:
                         "tasks_current", 0, state=previous.value
                     )  # its entry came before attach
                 self.add("tasks_current", 1, state=state)
-            case ModelCallFinished(provider=provider, usage=usage, error=error):
+            case ModelCallFinished(provider=provider, model=model, usage=usage, error=error):
                 provider = provider or "unknown"
                 self.observe("model_latency_seconds", event.latency_ms / 1000, provider=provider)
                 self.inc("tokens_total", usage.input_tokens, provider=provider, direction="input")
                 self.inc("tokens_total", usage.output_tokens, provider=provider, direction="output")
+                if model:  # by the model that answered, for cost estimates
+                    name = self.bounded("model_tokens_total", "model", model)
+                    for direction, count in (
+                        ("input", usage.input_tokens),
+                        ("output", usage.output_tokens),
+                    ):
+                        self.inc(
+                            "model_tokens_total",
+                            count,
+                            provider=provider,
+                            model=name,
+                            direction=direction,
+                        )
                 if error is not None:
                     self.inc("model_errors_total", provider=provider)
             case ToolExecFinished(vetoed=True):

@@ -112,7 +112,7 @@ class Chunk:
     """One numbered event of a stream; ``last_seq`` > ``seq`` when deltas were coalesced."""
 
     # Kept small: a stream retains thousands of these.
-    __slots__ = ("_json", "event", "info", "last_seq", "seq")
+    __slots__ = ("_json", "event", "info", "last_seq", "seq", "wire")
 
     def __init__(self, info: StreamInfo, seq: int, event: BaseModel, last_seq: int = 0) -> None:
         self.info = info
@@ -120,6 +120,9 @@ class Chunk:
         self.last_seq = last_seq or seq
         self.event = event
         self._json: bytes | None = None
+        # A transport's encoding of this chunk (the server's frame), made once and shared by
+        # every connection that sends it.
+        self.wire: bytes | None = None
 
     @property
     def stream_id(self) -> str:

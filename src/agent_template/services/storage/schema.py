@@ -18,7 +18,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["messages", "metadata", "sessions", "tasks", "todos"]
+__all__ = ["api_tokens", "messages", "metadata", "sessions", "tasks", "todos"]
 
 metadata = MetaData(
     naming_convention={
@@ -114,3 +114,21 @@ todos = Table(
     Column("updated_at", Float, nullable=False),
 )
 Index("ix_todos_session_id", todos.c.session_id)
+
+# Bearer tokens of the server (``agent-template token create``). A token is
+# ``at_<id>_<secret>``: the row is found by its id, and the secret is checked against
+# ``secret_hash``, its key-derivation hash; the secret itself is never stored.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(128), nullable=False),
+    Column("name", Text),  # a label for people: "laptop", "ci"
+    Column("kdf", String(64), nullable=False),  # the function and its parameters
+    Column("salt", String(64), nullable=False),  # hex
+    Column("secret_hash", String(128), nullable=False),  # hex
+    Column("created_at", Float, nullable=False),
+    Column("last_used_at", Float),
+    Column("revoked_at", Float),
+)
+Index("ix_api_tokens_user_id", api_tokens.c.user_id)

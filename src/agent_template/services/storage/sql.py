@@ -1,9 +1,9 @@
 """The SQL repository: sessions, messages, tasks, todos on SQLite or PostgreSQL.
 
-:class:`SQLStore` is assembled here from its parts in ``messages.py`` (message rows) and
-``leases.py`` (tasks and leases); with ``checks.py``, the only modules with SQL in them. Every
-write is one transaction committed before the call returns, so whatever a caller
-acknowledges afterwards survives a crash of the process.
+:class:`SQLStore` is assembled here from its parts in ``messages.py`` (message rows),
+``leases.py`` (tasks and leases) and ``tokens.py`` (bearer tokens); with ``checks.py``, the
+only modules with SQL in them. Every write is one transaction committed before the call
+returns, so whatever a caller acknowledges afterwards survives a crash of the process.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from agent_template.services.storage.engine import (
 from agent_template.services.storage.leases import TaskLeases
 from agent_template.services.storage.messages import MessageLog
 from agent_template.services.storage.records import MessageRecord, TaskRecord, TodoRecord
+from agent_template.services.storage.tokens import ApiTokens
 from agent_template.services.storage.upsert import upsert
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["MessageRecord", "SQLStore", "TaskRecord", "TodoRecord", "async_url"]
 
 
-class SQLStore(MessageLog, TaskLeases):
+class SQLStore(MessageLog, TaskLeases, ApiTokens):
     """Sessions, messages, tasks and todos in a SQL database.
 
     Args:
@@ -52,7 +53,7 @@ class SQLStore(MessageLog, TaskLeases):
 
     Nothing happens until :meth:`open` (called by the first operation), which applies the
     migrations. Messages come from :class:`MessageLog`; tasks, their leases and the session
-    run lease from :class:`TaskLeases`.
+    run lease from :class:`TaskLeases`; the server's bearer tokens from :class:`ApiTokens`.
     """
 
     def __init__(

@@ -1,0 +1,148 @@
+"""Sessions: ``/api/v1/sessions``, their messages and their todo list.
+
+A caller sees only their own sessions: another user's session answers 404, exactly like one
+that does not exist.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+
+from agent_template.api.deps import CurrentUser, State
+from agent_template.api.schemas import (
+    BODY_ERRORS,
+    CURSOR_ERROR,
+    MessageOut,
+    MessagePage,
+    Paging,
+    SessionCreate,
+    SessionOut,
+    SessionPage,
+    SessionUpdate,
+    TodoOut,
+    TodoPage,
+    decode_cursor,
+    encode_cursor,
+    error_responses,
+    invalid_cursor,
+    page_of,
+)
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+SessionPath = Annotated[str, Path(min_length=1, max_length=200, description="The session's id.")]
+
+_LIVE = ("pending", "running")
+
+
+@router.post(
+    "/sessions",
+    status_code=201,
+    summary="Create a session",
+    responses=error_responses(*BODY_ERRORS),
+)
+async def create_session(body: SessionCreate, state: State, user: CurrentUser) -> SessionOut:
+    session = await state.sessions.create_session(user, title=body.title, metadata=body.metadata)
+    return SessionOut.of(session)
+
+
+@router.get(
+    "/sessions",
+    summary="List your sessions, most recently active first",
+    responses=error_responses(400, 422, examples=CURSOR_ERROR),
+)
+async def list_sessions(state: State, user: CurrentUser, paging: Paging) -> SessionPage:
+    # The store pages by offset: a cursor is the offset of the next page. One more session
+    # than asked for tells whether there is a next page.
+    start = decode_cursor("sessions", paging.cursor) or 0
+    if type(start) is not int or start < 0:
+        raise invalid_cursor(paging.cursor or "")
+    rows = await state.sessions.list_sessions(user, limit=paging.limit + 1, offset=start)
+    more = len(rows) > paging.limit
+    return SessionPage(
+        items=[SessionOut.of(s) for s in rows[: paging.limit]],
+        next_cursor=encode_cursor("sessions", start + paging.limit) if more else None,
+    )
+
+
+@router.get(
+    "/sessions/{session_id}",
+    summary="Get a session",
+    responses=error_responses(404, 422),
+)
+async def get_session(session_id: SessionPath, state: State, user: CurrentUser) -> SessionOut:
+    return SessionOut.of(await state.sessions.get_session(session_id, user_id=user))
+
+
+@router.patch(
+    "/sessions/{session_id}",
+    summary="Rename a session",
+    responses=error_responses(404, *BODY_ERRORS),
+)
+async def rename_session(
+    session_id: SessionPath, body: SessionUpdate, state: State, user: CurrentUser
+) -> SessionOut:
+    session = await state.sessions.rename_session(session_id, body.title, user_id=user)
+    return SessionOut.of(session)
+
+
+@router.delete(
+    "/sessions/{session_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete a session, with its messages, tasks and todo list",
+    description="A turn the session is running is cancelled first.",
+    responses=error_responses(404, 422),
+)
+async def delete_session(session_id: SessionPath, state: State, user: CurrentUser) -> Response:
+    sessions, loop = state.sessions, state.loop
+    await sessions.get_session(session_id, user_id=user)  # 404 before anything is cancelled
+    for task in loop.list_tasks(user_id=user, session_id=session_id, state=_LIVE):
+        await loop.cancel_task(task.task_id, user_id=user)
+    await sessions.delete_session(session_id, user_id=user)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/sessions/{session_id}/messages",
+    summary="List a session's messages, oldest first",
+    description=(
+        "User messages, assistant answers (with their tool calls) and tool results, in "
+        "order. An answer still being written is listed with status `streaming`."
+    ),
+    responses=error_responses(400, 404, 422, examples=CURSOR_ERROR),
+)
+async def list_messages(
+    session_id: SessionPath, state: State, user: CurrentUser, paging: Paging
+) -> MessagePage:
+    after = decode_cursor("messages", paging.cursor) or 0
+    if type(after) is not int or after < 0:
+        raise invalid_cursor(paging.cursor or "")
+    sessions = state.sessions
+    await sessions.get_session(session_id, user_id=user)
+    records = await sessions.store.load_records(session_id, after_seq=after)
+    page = records[: paging.limit]
+    more = len(records) > paging.limit
+    return MessagePage(
+        items=[MessageOut.of(r) for r in page],
+        next_cursor=encode_cursor("messages", page[-1].seq) if more else None,
+    )
+
+
+@router.get(
+    "/sessions/{session_id}/todos",
+    summary="Get a session's todo list (the agent's plan), in order",
+    responses=error_responses(400, 404, 422, examples=CURSOR_ERROR),
+)
+async def list_todos(
+    session_id: SessionPath, state: State, user: CurrentUser, paging: Paging
+) -> TodoPage:
+    rows = await state.sessions.load_todos(session_id, user_id=user)
+    items, cursor = page_of("todos", rows, paging)
+    return TodoPage(
+        items=[TodoOut(content=r.content, status=r.status) for r in items], next_cursor=cursor
+    )
