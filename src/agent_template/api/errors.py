@@ -147,6 +147,11 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         if exc.status_code == 404 and message == "Not Found":
             message = f"No endpoint {request.method} {request.url.path}; see /docs for the API."
+        elif message == "There was an error parsing the body":
+            message = (
+                "The request body could not be read; send UTF-8 JSON with "
+                "'Content-Type: application/json'."
+            )
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}; see /docs."
         headers = dict(exc.headers) if exc.headers else None

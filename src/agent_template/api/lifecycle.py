@@ -114,11 +114,13 @@ async def drain(state: ServerState, grace: float | None = None) -> None:
     if running:
         log.info("shutting down: %d running task(s) get %.0f s to finish", running, grace)
     await state.loop.stop(deadline=grace)
-    for connection in list(state.connections):
-        try:
-            await connection.close(1012, "service restart")
-        except Exception:  # already gone
-            log.debug("closing a WebSocket failed", exc_info=True)
+    connections = list(state.connections)
+    results = await asyncio.gather(
+        *(c.close(1012, "service restart") for c in connections), return_exceptions=True
+    )
+    for result in results:
+        if isinstance(result, Exception):  # already gone
+            log.debug("closing a WebSocket failed", exc_info=result)
 
 
 async def close_state(state: ServerState) -> None:

@@ -187,6 +187,9 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
         # The app answers a frame over MAX_REQUEST_BYTES with an error and keeps the connection;
         # only far larger ones are cut off by the protocol layer.
         "ws_max_size": settings.max_request_bytes * 4 + 65536,
+        # Per-message compression would compress each shared frame again per connection;
+        # token-sized frames barely shrink.
+        "ws_per_message_deflate": False,
         "timeout_graceful_shutdown": settings.shutdown_grace_s + 5,
         "server_header": False,
     }

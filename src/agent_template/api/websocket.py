@@ -385,7 +385,7 @@ class Connection:
             if self.sent == last and (self._sending or len(self.outbox)):
                 stalled += 1
                 if stalled >= STALL_BEATS:
-                    waited = round(stalled * self.heartbeat_s)
+                    waited = f"{stalled * self.heartbeat_s:g}"
                     self._abort(
                         CLOSE_TRY_LATER,
                         f"client too slow: took no frame for {waited} s; reconnect and resume",

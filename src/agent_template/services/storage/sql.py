@@ -70,6 +70,10 @@ class SQLStore(MessageLog, TaskLeases, ApiTokens):
         self._migrate = migrate
         self._engine: AsyncEngine | None = None
         self._opening = asyncio.Lock()
+        # SQLite has one writer at a time: this process's writers queue here, in order,
+        # instead of polling the file lock against each other (busy_timeout still covers
+        # writers of other processes).
+        self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
         self.owner = process_owner()
 
     @property
@@ -130,21 +134,28 @@ class SQLStore(MessageLog, TaskLeases, ApiTokens):
             StoragePermissionError: when SQLite cannot write its file.
         """
         engine = self._engine or await self.open()
-        conn = engine.connect()
+        lock = self._write_lock if write else None
+        if lock is not None:
+            await lock.acquire()
         try:
-            await conn.start()
-        except CONNECT_FAILURES as exc:
-            raise unavailable_error(self.url, exc) from exc
-        try:
-            if write:
-                async with conn.begin():
+            conn = engine.connect()
+            try:
+                await conn.start()
+            except CONNECT_FAILURES as exc:
+                raise unavailable_error(self.url, exc) from exc
+            try:
+                if write:
+                    async with conn.begin():
+                        yield conn
+                else:
                     yield conn
-            else:
-                yield conn
-        except UNAVAILABLE as exc:
-            raise unavailable_error(self.url, exc) from exc
+            except UNAVAILABLE as exc:
+                raise unavailable_error(self.url, exc) from exc
+            finally:
+                await conn.close()
         finally:
-            await conn.close()
+            if lock is not None:
+                lock.release()
 
     # ------------------------------------------------------------------ sessions
 
