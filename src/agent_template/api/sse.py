@@ -46,6 +46,7 @@ __all__ = [
 SSE_MEDIA_TYPE: Final = "text/event-stream"
 KEEPALIVE: Final = b": keepalive\n\n"
 _NAMES: Final = {kind: name.encode() for kind, name in CHUNK_FRAME_TYPES.items()}
+_BATCH: Final = 64  # queued chunks sent in one write
 _HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
 
 
@@ -120,15 +121,21 @@ async def chunk_events(
         queue = consumer.queue
         take = consumer.__anext__
         while True:
-            if queue.qsize():  # chunks are waiting: no timer needed
-                chunk = await take()
-            else:
-                try:
-                    async with asyncio.timeout(keepalive_s):
-                        chunk = await take()  # cancel-safe: a chunk handed over stays queued
-                except TimeoutError:
-                    yield KEEPALIVE
-                    continue
+            if queue.qsize():
+                # Chunks are waiting (taking them never suspends): send them as one write,
+                # then let the loop run, so a client that left is noticed before the next.
+                parts: list[bytes] = []
+                while queue.qsize() and len(parts) < _BATCH:
+                    parts.append(chunk_event(await take()))
+                yield b"".join(parts)
+                await asyncio.sleep(0)
+                continue
+            try:
+                async with asyncio.timeout(keepalive_s):
+                    chunk = await take()  # cancel-safe: a chunk handed over stays queued
+            except TimeoutError:
+                yield KEEPALIVE
+                continue
             yield chunk_event(chunk)
     except StopAsyncIteration:
         return
