@@ -7,12 +7,14 @@ the contract suite in test_stream_store.py.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import AsyncIterator
 
 import pytest
 
 from agent_template import StreamGenerator
+from agent_template.core.stream_gen import CHUNK_OVERHEAD_BYTES, ChunkStream
 from agent_template.core.stream_store import MemoryStreamStore
 from agent_template.errors import StreamNotFoundError
 from agent_template.models import DoneEvent, ErrorEvent, TextDelta, stream_event_adapter
@@ -84,3 +86,26 @@ async def test_options_give_a_generator_its_own_store() -> None:
     assert StreamGenerator().store is shared.store  # what AgentLoop() uses too
     own = StreamGenerator(retain=5)
     assert own.store is not shared.store
+
+
+async def test_a_long_answer_read_live_is_kept_compactly() -> None:
+    """Deltas every reader has had are folded: a few objects per run of text, not three per
+    delta, so retention costs little memory and the garbage collector little time."""
+    stream = ChunkStream("s")
+    reader = stream.subscribe()
+    got = []
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(5000):
+        stream.publish(TextDelta(text=f"t{i} "))
+        if i % 8 == 7:
+            while reader.pending:
+                got.append((await reader.__anext__()).seq)
+    gc.collect()
+    assert len(gc.get_objects()) - before < 1000
+    assert got == list(range(1, 5001))  # the live reader had each delta on its own
+    assert stream.retained == 5000
+    assert stream.retained_bytes < 5000 * CHUNK_OVERHEAD_BYTES // 4
+    stream.close()
+    resumed = [c async for c in stream.subscribe(after_seq=2500)]
+    assert "".join(c.content for c in resumed) == "".join(f"t{i} " for i in range(2500, 5000))

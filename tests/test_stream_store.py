@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -320,3 +321,220 @@ async def test_an_alias_moves_to_the_newest_stream_given_it(make_store: StoreFac
     store.create("task-3")
     with pytest.raises(ValueError, match="exists"):
         store.alias("task-2", "task-3")  # another stream's own id is never taken over
+
+
+# --------------------------------------------------------------------------- readers' cursors
+
+
+def check_order(chunks: list[Any], events: list[Any]) -> list[int]:
+    """Every chunk in order, each number once, text as published; returns the numbers."""
+    numbers = covered(chunks)
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers))) if numbers else True
+    for chunk in chunks:
+        if isinstance(chunk.event, StreamGap):
+            assert (chunk.event.from_seq, chunk.event.to_seq) == (chunk.seq, chunk.last_seq)
+        elif isinstance(chunk.event, TextDelta):
+            published = events[chunk.seq - 1 : chunk.last_seq]
+            assert chunk.content == "".join(e.text for e in published)
+        else:
+            assert chunk.seq == chunk.last_seq and chunk.event == events[chunk.seq - 1]
+    return numbers
+
+
+async def test_readers_at_every_speed_get_every_chunk_or_a_gap(make_store: StoreFactory) -> None:
+    """Fast, slow, stalled and stop-and-go readers of each policy on one stream: each gets
+    every chunk in order exactly once, or a gap chunk saying which it missed."""
+    store = make_store(queue_size=16, retain=400)
+    stream = store.create("s")
+    events: list[Any] = texts(3000)
+    events.insert(1500, ToolResultEvent(call_id="c", name="cat", content="in the middle"))
+    got: dict[tuple[str, str], list[Any]] = {}
+    errors: dict[tuple[str, str], BaseException] = {}
+    published = asyncio.Event()
+
+    async def read(policy: Any, speed: str) -> None:
+        chunks = got[(policy, speed)] = []
+        consumer = store.subscribe("s", policy=policy)
+        if speed == "stalled":
+            await published.wait()
+        try:
+            async for chunk in consumer:
+                chunks.append(chunk)
+                if speed == "slow":
+                    for _ in range(3):
+                        await asyncio.sleep(0)
+                elif speed == "stop-and-go" and len(chunks) % 50 == 0:
+                    await asyncio.sleep(0.002)
+        except SlowConsumerError as exc:
+            errors[(policy, speed)] = exc
+
+    speeds = ("fast", "slow", "stalled", "stop-and-go")
+    readers = [
+        asyncio.create_task(read(policy, speed))
+        for policy in ("wait", "drop", "disconnect")
+        for speed in speeds
+    ]
+    await asyncio.sleep(0)  # every reader has subscribed before the first chunk
+    for i, event in enumerate(events):
+        stream.publish(event)
+        if i % 4 == 3:
+            await asyncio.sleep(0)
+    stream.close()
+    published.set()
+    await asyncio.gather(*readers)
+
+    total = len(events)
+    for (policy, speed), chunks in got.items():
+        numbers = check_order(chunks, events)
+        gaps = [c.event for c in chunks if isinstance(c.event, StreamGap)]
+        if policy == "disconnect" and (policy, speed) in errors:
+            assert numbers[0] == 1 and not gaps  # a prefix, then told to reconnect
+            continue
+        assert numbers == list(range(1, total + 1)), (policy, speed)
+        if policy == "wait":
+            assert {g.reason for g in gaps} <= {"expired"}
+        else:
+            assert {g.reason for g in gaps} <= {"dropped"}
+    assert all(c.seq == c.last_seq for c in got[("wait", "fast")])  # never behind: one by one
+    assert not [c for c in got[("drop", "fast")] if isinstance(c.event, StreamGap)]
+    assert ("disconnect", "stalled") in errors and ("disconnect", "fast") not in errors
+    assert any(isinstance(c.event, StreamGap) for c in got[("drop", "stalled")])
+    assert stream.dropped == sum(
+        g.to_seq - g.from_seq + 1
+        for chunks in got.values()
+        for g in (c.event for c in chunks)
+        if isinstance(g, StreamGap) and g.reason == "dropped"
+    )
+
+
+async def test_a_reader_resumes_anywhere_in_a_long_answer(make_store: StoreFactory) -> None:
+    """However a store keeps chunks read long ago, a reconnect after any chunk number gets
+    exactly the rest."""
+    store = make_store(retain=100_000)
+    stream = store.create("s")
+    live = store.subscribe("s")
+    events = texts(1000)
+    for i, event in enumerate(events):
+        stream.publish(event)
+        if i % 10 == 9:
+            await asyncio.sleep(0)  # let nothing pile up: the live reader keeps pace
+            while live.pending:
+                await live.__anext__()
+    stream.close()
+    for after in (0, 1, 63, 64, 65, 500, 999, 1000):
+        rest = await drain(store.subscribe("s", after_seq=after))
+        assert covered(rest) == list(range(after + 1, 1001))
+        assert joined(rest) == "".join(e.text for e in events[after:])
+
+
+async def test_a_reader_behind_a_trim_keeps_what_it_has_yet_to_read(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store(retain=8, queue_size=64)
+    stream = store.create("s")
+    reader = store.subscribe("s")
+    for event in texts(40):  # trimmed to the last few while the reader has read nothing
+        stream.publish(event)
+    stream.close()
+    chunks = await drain(reader)
+    assert [c.seq for c in chunks] == list(range(1, 41))  # one by one, none lost
+    late = await drain(store.subscribe("s", after_seq=0))
+    assert isinstance(late[0].event, StreamGap) and late[0].event.reason == "expired"
+
+
+async def test_a_cancelled_read_loses_nothing(make_store: StoreFactory) -> None:
+    store = make_store()
+    stream = store.create("s")
+    consumer = store.subscribe("s")
+    assert consumer.pending == 0
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):
+            await consumer.__anext__()
+    stream.publish(TextDelta(text="a"))
+    assert consumer.pending == 1 and consumer.queue.qsize() == 1
+    assert (await consumer.__anext__()).content == "a"
+    stream.close()
+    assert await drain(consumer) == []
+
+
+async def test_closing_a_consumer_ends_a_read_that_waits(make_store: StoreFactory) -> None:
+    store = make_store()
+    store.create("s")
+    consumer = store.subscribe("s")
+    waiting = asyncio.create_task(drain(consumer))
+    await asyncio.sleep(0)
+    consumer.close()
+    async with asyncio.timeout(1):
+        assert await waiting == []
+    assert store.get("s").readers == 0
+
+
+async def test_drops_are_counted_when_the_stream_ends(make_store: StoreFactory) -> None:
+    store = make_store(queue_size=4)
+    stream = store.create("s")
+    store.subscribe("s", policy="drop")  # never read
+    for event in texts(10):
+        stream.publish(event)
+    stream.close()
+    assert stream.dropped == 6  # chunks 5 to 10, known without the reader reading on
+
+
+@pytest.mark.parametrize("seed", range(25))
+async def test_random_readers_get_every_chunk_or_a_gap(make_store: StoreFactory, seed: int) -> None:
+    """Readers joining at random places, with random policies and paces, on streams with
+    random bounds: every chunk in order exactly once, or a gap chunk saying which it missed."""
+    rnd = random.Random(seed)
+    store = make_store(
+        retain=rnd.choice([3, 8, 50, 200, 10_000]),
+        retain_bytes=rnd.choice([4096, 64 * 1024, 4 * 1024 * 1024]),
+        queue_size=rnd.choice([1, 2, 8, 64, 1024]),
+    )
+    stream = store.create("s")
+    events: list[Any] = [
+        TextDelta(text=f"t{i} ")
+        if rnd.random() < 0.9
+        else ToolResultEvent(call_id="c", name="cat", content="x" * rnd.randint(0, 3000))
+        for i in range(rnd.randint(1, 600))
+    ]
+    closed = asyncio.Event()
+    outcomes: list[tuple[str, str, int | None, list[Any], bool]] = []
+
+    async def read(policy: Any, after: int | None, pace: str) -> None:
+        consumer = store.subscribe("s", after_seq=after, policy=policy)
+        chunks: list[Any] = []
+        disconnected = False
+        if pace == "stalled":
+            await closed.wait()
+        try:
+            async for chunk in consumer:
+                chunks.append(chunk)
+                if pace == "slow" and rnd.random() < 0.5:
+                    await asyncio.sleep(0)
+                elif pace == "leaves" and rnd.random() < 0.02:
+                    consumer.close()
+        except SlowConsumerError:
+            disconnected = True
+        outcomes.append((policy, pace, after, chunks, disconnected))
+
+    readers = []
+    for i, event in enumerate(events):
+        if rnd.random() < 0.05:
+            after = rnd.choice([None, 0, max(0, i - rnd.randint(0, 50)), i])
+            policy = rnd.choice(["wait", "drop", "disconnect"])
+            pace = rnd.choice(["fast", "slow", "stalled", "leaves"])
+            readers.append(asyncio.create_task(read(policy, after, pace)))
+        stream.publish(event)
+        if rnd.random() < 0.3:
+            await asyncio.sleep(0)
+    stream.close()
+    closed.set()
+    await asyncio.gather(*readers)
+
+    for policy, pace, after, chunks, disconnected in outcomes:
+        numbers = check_order(chunks, events)
+        if numbers and after is not None:
+            assert numbers[0] == after + 1  # right after the chunk it named (or a gap from it)
+        if not disconnected and pace != "leaves":
+            assert numbers and numbers[-1] == len(events)  # read to the end
+        reasons = {c.event.reason for c in chunks if isinstance(c.event, StreamGap)}
+        assert reasons <= ({"dropped", "expired"} if policy == "drop" else {"expired"})

@@ -110,10 +110,7 @@ def frame(
 def chunk_text(chunk: Chunk) -> str:
     """The frame of a stream chunk as JSON text, made once per chunk and then shared by every
     connection that sends it (WebSocket text frames want ``str``)."""
-    # ``Chunk.wire`` is the slot transports keep their encoding of a chunk in; this module is
-    # its only writer and keeps the text there.
-    slot: Any = chunk
-    wire: str | None = slot.wire
+    wire = chunk.wire
     if wire is not None:
         return wire
     event = chunk.event
@@ -127,7 +124,7 @@ def chunk_text(chunk: Chunk) -> str:
             data.setdefault("details", {})
     event_type: str = event.type  # type: ignore[attr-defined]
     info = chunk.info
-    wire = slot.wire = _dumps(
+    wire = chunk.wire = _dumps(
         {
             "type": CHUNK_FRAME_TYPES.get(event_type, event_type),
             "data": data,

@@ -118,14 +118,13 @@ async def chunk_events(
     try:
         for item in head:
             yield item
-        queue = consumer.queue
         take = consumer.__anext__
         while True:
-            if queue.qsize():
+            if consumer.pending:
                 # Chunks are waiting (taking them never suspends): send them as one write,
                 # then let the loop run, so a client that left is noticed before the next.
                 parts: list[bytes] = []
-                while queue.qsize() and len(parts) < _BATCH:
+                while consumer.pending and len(parts) < _BATCH:
                     parts.append(chunk_event(await take()))
                 yield b"".join(parts)
                 await asyncio.sleep(0)

@@ -89,7 +89,7 @@ DEFAULT_SHUTDOWN_S = 10.0
 # keeps their records). As many as a stream store keeps finished streams, by default.
 FINISHED_KEPT = 1_000
 SESSION_POLL_S = (0.02, 1.0)  # first and longest wait between tries for a session held elsewhere
-_YIELD_EVERY = 64  # events between forced yields, so a fast producer cannot starve readers
+_YIELD_EVERY = 128  # text deltas between forced yields: a fast producer cannot starve readers
 _FINAL_STATUS: dict[TaskState, RunStatus] = {
     TaskState.COMPLETED: "completed",
     TaskState.FAILED: "failed",
@@ -571,21 +571,23 @@ class TaskScheduler:
                 task.result = outcome
             else:
                 publish = stream.publish
-                n = 0
+                budget = _YIELD_EVERY
                 async for event in outcome:
                     kind = type(event)
-                    if kind is TextDelta:
-                        n += 1
-                        if n == _YIELD_EVERY:
-                            n = 0
+                    if kind is TextDelta:  # the hot path: publish, and now and then yield
+                        publish(event)
+                        budget -= 1
+                        if not budget:
+                            budget = _YIELD_EVERY
                             await asyncio.sleep(0)
-                    elif kind is DoneEvent:
+                        continue
+                    if kind is DoneEvent:
                         done = event  # published last, with the task's final status
                         task.result = event.output
                         if event.status != "completed":
                             state = TaskState(event.status)
                         continue
-                    elif kind is ErrorEvent:
+                    if kind is ErrorEvent:
                         task.error = event.message
                     publish(event)
         except asyncio.CancelledError:
