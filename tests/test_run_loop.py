@@ -417,6 +417,41 @@ async def test_a_failing_checkpoint_is_a_storage_error_and_the_run_still_ends(
     assert saved[-1] == ["assistant"]  # the partial answer was still handed over
 
 
+async def test_a_slow_checkpoint_never_holds_up_the_stream(settings: Settings) -> None:
+    """The checkpoint is written beside the stream: deltas flow while it waits, it lands
+    before the final answer is stored, and never two at once."""
+    released = asyncio.Event()
+    in_flight = 0
+    overlapped = False
+    order: list[str] = []
+
+    async def checkpoint(text: str) -> None:
+        nonlocal in_flight, overlapped
+        in_flight += 1
+        overlapped |= in_flight > 1
+        await released.wait()  # a database that answers only once the stream has moved on
+        in_flight -= 1
+        order.append("checkpoint")
+
+    async def save(messages: list) -> None:  # type: ignore[type-arg]
+        order.append("save:" + messages[-1].role)
+
+    agent = Agent(model=TestProvider([" ".join(["word"] * 60)], delay=0.001), settings=settings)
+    run = agent.start("talk", on_messages=save)
+    run.config.checkpoint = checkpoint
+    run.config.checkpoint_interval = 0.0
+    deltas = 0
+    async with asyncio.timeout(30):  # a checkpoint that blocked the stream would hang here
+        async for event in run:
+            if isinstance(event, TextDelta):
+                deltas += 1
+                if deltas == 30:
+                    released.set()  # only reachable if deltas flowed while it waited
+    assert run.result.status == "completed"
+    assert not overlapped
+    assert order[-1] == "save:assistant" and "checkpoint" in order  # landed before the answer
+
+
 async def test_a_failing_save_on_the_failure_path_does_not_swallow_the_final_events(
     settings: Settings,
 ) -> None:

@@ -238,6 +238,13 @@ async def _persist_quietly(state: RunState, config: RunConfig) -> AgentTemplateE
     return None
 
 
+async def _settle(saving: asyncio.Task[None] | None) -> None:
+    """Let a checkpoint in flight land (its failure is the caller's to report, or moot)
+    before the partial answer is stored, so that it can never overwrite it."""
+    if saving is not None:
+        await asyncio.gather(saving, return_exceptions=True)
+
+
 class _CheckpointFailed(Exception):
     """Saving the streaming answer failed: a storage error, not the model's."""
 
@@ -329,24 +336,37 @@ async def run_events(
         stream = model.stream(request)
         checkpoint = config.checkpoint
         next_checkpoint = time.monotonic() + config.checkpoint_interval
+        # The checkpoint being written, in the background: the stream never waits for the
+        # database, and at most one save per run is in flight.
+        saving: asyncio.Task[None] | None = None
         try:
             async for event in stream:
                 kind = type(event)
                 if kind is TextDelta:
                     text.append(event.text)  # type: ignore[union-attr]
                     if checkpoint is not None and time.monotonic() >= next_checkpoint:
-                        try:
-                            await checkpoint("".join(text))
-                        except Exception as caught:
-                            raise _CheckpointFailed() from caught
-                        next_checkpoint = time.monotonic() + config.checkpoint_interval
+                        if saving is not None and saving.done():
+                            failed = saving.exception()
+                            saving = None
+                            if failed is not None:
+                                raise _CheckpointFailed() from failed
+                        if saving is None:
+                            saving = asyncio.ensure_future(checkpoint("".join(text)))
+                            next_checkpoint = time.monotonic() + config.checkpoint_interval
                 elif kind is UsageEvent:
                     usage = usage + event.usage  # type: ignore[union-attr]
                 elif kind is ResponseFinished:
                     finished = event  # type: ignore[assignment]
                     continue  # announced once the message is stored
                 yield event
+            if saving is not None:  # settled before the answer is stored, never after
+                pending, saving = saving, None
+                try:
+                    await pending
+                except Exception as caught:
+                    raise _CheckpointFailed() from caught
         except _CheckpointFailed as checkpoint_failed:
+            await _settle(saving)
             state.usage = state.usage + usage
             _close_partial(state, text, "failed")
             cause = checkpoint_failed.__cause__
@@ -360,6 +380,7 @@ async def run_events(
             # An unexpected exception (a provider bug, garbage the SDK could not parse) ends
             # the run the same way as a known provider failure: reported, partial kept.
             exc = caught if isinstance(caught, AgentTemplateError) else _unexpected(caught)
+            await _settle(saving)
             state.usage = state.usage + usage
             _close_partial(state, text, "failed")
             if persist:
@@ -380,6 +401,7 @@ async def run_events(
                 yield event
             return
         except BaseException:  # cancelled, or this iterator was closed
+            await _settle(saving)
             state.usage = state.usage + usage
             _close_partial(state, text, "cancelled")
             state.status = "cancelled"
