@@ -84,10 +84,10 @@ class TaskLeases:
             "parent_id": getattr(task, "parent_id", None),
         }
         statement = upsert(
-            self.url.split("+")[0], s.tasks, values, update_columns=[k for k in values if k != "id"]
+            self.url.split("+")[0], s.tasks, update_columns=[k for k in values if k != "id"]
         )
         async with self._tx(write=True) as conn:
-            await conn.execute(statement)
+            await conn.execute(statement, values)
 
     async def renew_leases(
         self, task_ids: Iterable[str], until: float, *, holding: Iterable[str] = ()

@@ -166,14 +166,9 @@ class SQLStore(MessageLog, TaskLeases, ApiTokens):
         of one new id never fail: the database resolves them (the last one wins).
         """
         values = _session_values(session)
-        statement = upsert(
-            self.dialect,
-            s.sessions,
-            {"id": session.session_id, "message_count": 0, **values},
-            update_columns=list(values),
-        )
+        statement = upsert(self.dialect, s.sessions, update_columns=list(values))
         async with self._tx(write=True) as conn:
-            await conn.execute(statement)
+            await conn.execute(statement, {"id": session.session_id, "message_count": 0, **values})
 
     async def create_session_if_absent(self, session: Session) -> Session:
         """Store ``session`` unless a session with its id exists; return the stored one.
@@ -181,14 +176,10 @@ class SQLStore(MessageLog, TaskLeases, ApiTokens):
         Race-free across processes: of concurrent calls for one id, one inserts and the
         others get its row (whoever owns it, so check ``user_id`` before using it).
         """
-        statement = upsert(
-            self.dialect,
-            s.sessions,
-            {"id": session.session_id, "message_count": 0, **_session_values(session)},
-            update_columns=None,
-        )
+        statement = upsert(self.dialect, s.sessions, update_columns=None)
+        values = {"id": session.session_id, "message_count": 0, **_session_values(session)}
         async with self._tx(write=True) as conn:
-            await conn.execute(statement)
+            await conn.execute(statement, values)
             row = (
                 await conn.execute(select(s.sessions).where(s.sessions.c.id == session.session_id))
             ).one()
