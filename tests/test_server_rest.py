@@ -303,6 +303,10 @@ async def test_busy_session_answers_409_and_a_cancelled_turn_stops(
         error = error_of(busy)
         assert error["code"] == "session_busy"
         assert error["details"]["running_task_id"] == first["task_id"]
+        for _ in range(500):  # the turn is waiting on the model (not still starting)
+            if wire_server.requests:
+                break
+            await asyncio.sleep(0.01)
         cancelled = await c.delete(f"/tasks/{first['task_id']}")
         assert cancelled.status_code == 200
         assert cancelled.json()["state"] == "cancelled"

@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sqlalchemy import delete, insert, select, update
 
@@ -40,6 +40,47 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = ["MessageRecord", "SQLStore", "TaskRecord", "TodoRecord", "async_url"]
+
+
+T = TypeVar("T")
+
+
+async def _finish(step: Awaitable[T]) -> T:
+    """Await ``step`` to its end even when the caller is cancelled meanwhile (the
+    cancellation is raised once it has ended), so a connection is never left half-used."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if task.done():
+            raise
+        with contextlib.suppress(Exception):
+            await asyncio.gather(task, return_exceptions=True)
+        raise
+
+
+class _Guarded:
+    """A connection whose statements run to their end even when the caller is cancelled.
+
+    A statement interrupted in the driver leaves SQLAlchemy no choice but to discard its
+    connection, and SQLite's connection (with the write lock of its open transaction) then
+    lingers until it is collected. Finishing the statement first lets the transaction be
+    rolled back and the connection returned as usual.
+    """
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return await _finish(self._conn.execute(*args, **kwargs))
+
+    async def scalar(self, *args: Any, **kwargs: Any) -> Any:
+        return await _finish(self._conn.scalar(*args, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
 
 
 class SQLStore(MessageLog, TaskLeases, ApiTokens):
@@ -140,19 +181,28 @@ class SQLStore(MessageLog, TaskLeases, ApiTokens):
         try:
             conn = engine.connect()
             try:
-                await conn.start()
-            except CONNECT_FAILURES as exc:
-                raise unavailable_error(self.url, exc) from exc
-            try:
-                if write:
-                    async with conn.begin():
-                        yield conn
+                try:
+                    await _finish(conn.start())
+                except CONNECT_FAILURES as exc:
+                    raise unavailable_error(self.url, exc) from exc
+                guarded = cast("AsyncConnection", _Guarded(conn))
+                if not write:
+                    yield guarded
                 else:
-                    yield conn
+                    transaction = await _finish(conn.begin())
+                    try:
+                        yield guarded
+                    except BaseException:
+                        await _finish(transaction.rollback())
+                        raise
+                    await _finish(transaction.commit())
             except UNAVAILABLE as exc:
                 raise unavailable_error(self.url, exc) from exc
             finally:
-                await conn.close()
+                # A caller cancelled mid-transaction must not leave the connection holding
+                # the database's write lock: the rollback and the close always complete.
+                if conn.sync_connection is not None:  # it started
+                    await _finish(conn.close())
         finally:
             if lock is not None:
                 lock.release()
