@@ -70,9 +70,10 @@ def _build(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> StateCa
     if kind == "sqlite":
         return SQLiteStateCache(tmp_path / "cache" / "state.db", namespace=namespace)
     url = request.getfixturevalue("redis_url")
-    if kind == "redis":  # the contract, not outage speed: a loaded machine may connect slowly
-        return RedisStateCache(url, namespace=namespace, socket_timeout=5.0, connect_timeout=5.0)
-    primary = RedisStateCache(url, namespace=namespace)
+    # The contract, not outage speed: a loaded machine may take a while to open connections.
+    primary = RedisStateCache(url, namespace=namespace, socket_timeout=5.0, connect_timeout=5.0)
+    if kind == "redis":
+        return primary
     return FallbackStateCache(primary, MemoryStateCache(namespace=namespace))
 
 
