@@ -27,6 +27,7 @@ from agent_template.services.state_cache import (
     create_state_cache,
 )
 from tests.conftest import service_missing
+from tests.helpers.tcp_proxy import TcpProxy
 
 DOWN_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connection refused
 
@@ -51,53 +52,16 @@ def _namespace() -> str:
     return f"test-cache-outage-{uuid.uuid4().hex[:10]}"
 
 
-class _Proxy:
-    """A TCP proxy to Redis that can be cut (connections dropped, new ones closed at once)."""
+@pytest.fixture
+async def proxy(redis_url: str) -> AsyncIterator[TcpProxy]:
+    """A cuttable TCP proxy in front of Redis."""
+    port = redis.connection.parse_url(redis_url).get("port", 6379)
+    async with TcpProxy("127.0.0.1", int(port)) as server:
+        yield server
 
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.cut = False
-        self.server: asyncio.Server | None = None
-        self.pipes: set[asyncio.StreamWriter] = set()
 
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.cut:
-            writer.close()
-            return
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        self.pipes |= {writer, up_writer}
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-
-    def drop(self) -> None:
-        self.cut = True
-        for writer in self.pipes:
-            writer.close()
-        self.pipes.clear()
-
-    def restore(self) -> None:
-        self.cut = False
-
-    async def close(self) -> None:
-        self.drop()
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+def through(proxy: TcpProxy) -> str:
+    return f"redis://127.0.0.1:{proxy.port}/0"
 
 
 class _BlackHole:
@@ -132,17 +96,6 @@ class _BlackHole:
 
 
 @pytest.fixture
-async def proxy(redis_url: str) -> AsyncIterator[_Proxy]:
-    port = redis.connection.parse_url(redis_url).get("port", 6379)
-    server = _Proxy(int(port))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.close()
-
-
-@pytest.fixture
 async def black_hole() -> AsyncIterator[_BlackHole]:
     server = _BlackHole()
     await server.start()
@@ -164,13 +117,13 @@ async def _until_primary_is_back(cache: FallbackStateCache) -> None:
 
 
 async def test_keys_changed_during_an_outage_are_dropped_from_both_copies(
-    proxy: _Proxy,
+    proxy: TcpProxy,
     redis_url: str,
 ) -> None:
     namespace = _namespace()
     fallback = MemoryStateCache(namespace=namespace)
     cache = FallbackStateCache(
-        RedisStateCache(proxy.url, namespace=namespace),
+        RedisStateCache(through(proxy), namespace=namespace),
         fallback,
         retry_after=0.05,
         max_retry_after=0.2,
@@ -210,12 +163,12 @@ async def test_keys_changed_during_an_outage_are_dropped_from_both_copies(
 
 
 async def test_too_many_keys_during_an_outage_clear_their_namespace(
-    proxy: _Proxy,
+    proxy: TcpProxy,
     redis_url: str,
 ) -> None:
     namespace = _namespace()
     cache = FallbackStateCache(
-        RedisStateCache(proxy.url, namespace=namespace),
+        RedisStateCache(through(proxy), namespace=namespace),
         MemoryStateCache(namespace=namespace),
         retry_after=0.05,
         max_retry_after=0.2,
@@ -365,14 +318,14 @@ async def test_create_state_cache_keeps_the_marker_in_the_data_dir(
 
 
 async def test_an_outage_seen_by_an_earlier_process_leaves_no_stale_copy_for_the_next(
-    proxy: _Proxy, redis_url: str, tmp_path: Path
+    proxy: TcpProxy, redis_url: str, tmp_path: Path
 ) -> None:
     namespace = _namespace()
     marker = tmp_path / "redis_outage"
 
     def a_process() -> FallbackStateCache:  # a CLI run: its own caches, the shared files
         return FallbackStateCache(
-            RedisStateCache(proxy.url, namespace=namespace),
+            RedisStateCache(through(proxy), namespace=namespace),
             SQLiteStateCache(tmp_path / "state.db", namespace=namespace),
             retry_after=0.05,
             max_retry_after=0.2,

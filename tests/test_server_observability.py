@@ -8,7 +8,6 @@ Chat turns are started in-process through ``api.chat.start_chat`` (what ``POST
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from agent_template.api.state import ServerState
 from agent_template.api.telemetry import install_telemetry, telemetry_available
 from agent_template.models import Task
 from tests.conftest import DEFAULT_TEST_DATABASE_URL, service_missing
+from tests.helpers.tcp_proxy import TcpProxy
 from tests.server_helpers import serve, server_settings
 from tests.wire_server import Fault, Reply, WireServer
 
@@ -141,58 +141,6 @@ async def test_ready_reports_a_degraded_cache_when_redis_is_down(tmp_path: Path)
     assert cache["backend"] == "redis"
 
 
-class _TcpProxy:
-    """A TCP proxy to a real server that the test can cut (every connection dropped, new
-    ones closed at once) and restore, like a network outage."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.upstream = (host, port)
-        self.cut = False
-        self.server: asyncio.Server | None = None
-        self.pipes: set[asyncio.StreamWriter] = set()
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        port: int = self.server.sockets[0].getsockname()[1]
-        return port
-
-    async def __aenter__(self) -> _TcpProxy:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.drop()
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.cut:
-            writer.close()
-            return
-        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        self.pipes |= {writer, up_writer}
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-
-    def drop(self) -> None:
-        self.cut = True
-        for writer in self.pipes:
-            writer.close()
-        self.pipes.clear()
-
-    def restore(self) -> None:
-        self.cut = False
-
-
 @pytest.fixture
 async def pg_database() -> AsyncIterator[tuple[str, str]]:
     """A fresh PostgreSQL database, dropped afterwards: (server URL, database name)."""
@@ -219,7 +167,7 @@ async def test_ready_reports_an_unreachable_database_and_its_return(
     url, name = pg_database
     parts = urlsplit(url)
     userinfo = parts.netloc.rpartition("@")[0]
-    async with _TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+    async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
         port = proxy.port
         settings = server_settings(
             tmp_path, database_url=f"postgresql+asyncpg://{userinfo}@127.0.0.1:{port}/{name}"
