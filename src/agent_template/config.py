@@ -59,6 +59,17 @@ _EXPECTED = {
     "MAX_TASKS_PER_USER": "an integer, 0 for no limit",
     "SHUTDOWN_GRACE_S": "a number of seconds, 0 or more",
     "MAX_TURNS": "a positive integer",
+    "MCP_STARTUP_TIMEOUT": "a positive number of seconds",
+    "MCP_CALL_TIMEOUT": "a positive number of seconds",
+    "SANDBOX_NETWORK": "true or false",
+    "SANDBOX_CPU_S": "a positive integer (seconds)",
+    "SANDBOX_MEMORY_MB": "an integer of at least 16 (MB)",
+    "SANDBOX_WALL_S": "a positive number of seconds",
+    "SANDBOX_MAX_PROCESSES": "a positive integer",
+    "SANDBOX_OUTPUT_BYTES": "an integer of at least 1024 (bytes)",
+    "APPROVAL_TIMEOUT_S": "a positive number of seconds",
+    "SUBAGENT_MAX_DEPTH": "an integer, 0 or more (0: no subagents)",
+    "SUBAGENT_MAX_CONCURRENT": "a positive integer",
 }
 
 
@@ -145,6 +156,25 @@ class Settings(BaseModel):
     context_compression: bool = True  # off: requests are sent whole, whatever their size
     max_turns: int = Field(20, ge=1)
     tool_timeout: float = Field(60.0, gt=0)
+
+    # Tools: MCP servers, the workspace and sandbox of the built-in tools, permissions,
+    # approvals and subagents
+    mcp_config: Path = Path(".mcp.json")  # {"mcpServers": {...}}; a missing file: no servers
+    mcp_startup_timeout: float = Field(30.0, gt=0)  # seconds a server may take to start
+    mcp_call_timeout: float = Field(60.0, gt=0)  # seconds one MCP tool call may take
+    workspace_dir: Path = Path(".")  # the folder the built-in file and shell tools work in
+    builtin_tools: bool = True  # shell, read/write/edit file, list, glob, grep
+    sandbox_network: bool = False  # commands of the shell tool may use the network
+    sandbox_cpu_s: int = Field(30, ge=1)  # CPU seconds one command may use
+    sandbox_memory_mb: int = Field(1024, ge=16)  # address space of one command
+    sandbox_wall_s: float = Field(120.0, gt=0)  # seconds one command may run
+    sandbox_max_processes: int = Field(64, ge=1)  # processes a command may run at once
+    sandbox_output_bytes: int = Field(64 * 1024, ge=1024)  # output kept per command
+    permissions_config: Path | None = None  # a JSON file of allow / ask / deny rules
+    approval_timeout_s: float = Field(300.0, gt=0)  # an unanswered approval is a denial
+    subagents_config: Path | None = None  # a JSON file declaring subagent types
+    subagent_max_depth: int = Field(2, ge=0)  # 0: no subagents
+    subagent_max_concurrent: int = Field(4, ge=1)  # children of one run at once
 
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"

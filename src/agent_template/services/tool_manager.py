@@ -24,10 +24,19 @@ from agent_template.errors import (
     ToolNotFoundError,
     ToolTimeoutError,
 )
-from agent_template.models import ToolCall, ToolDefinition, ToolResultMessage
+from agent_template.models import (
+    Content,
+    DataPart,
+    ImagePart,
+    ResourcePart,
+    TextPart,
+    ToolCall,
+    ToolDefinition,
+    ToolResultMessage,
+)
 from agent_template.services._threads import run_in_thread
 
-__all__ = ["FunctionTool", "ToolContext", "ToolManager", "tool"]
+__all__ = ["FunctionTool", "Tool", "ToolContext", "ToolManager", "tool"]
 
 _ARG_LINE = re.compile(r"^\s*(\*{0,2}\w+)(?:\s*\([^)]*\))?\s*:\s*(.*)$")
 _SECTION = re.compile(
@@ -76,7 +85,60 @@ def _parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
     return "\n".join(summary).strip(), params
 
 
-class FunctionTool:
+class Tool:
+    """What the registry holds: anything the model can call by name.
+
+    Subclasses set ``name``, ``description`` and ``definition`` (the schema the model sees)
+    and implement :meth:`__call__`, which gets the model's raw JSON arguments and the call's
+    :class:`ToolContext` and returns the result: a string, content parts (a list of
+    :data:`~agent_template.models.ContentPart`), or any value, rendered as JSON. Raising
+    :class:`~agent_template.errors.ToolArgumentsError` tells the model its arguments were wrong;
+    any other exception becomes an error result too.
+
+    ``timeout`` (seconds, or None for the registry's default) bounds each call;
+    ``takes_context`` says whether the tool reads the context (so it gets its own copy);
+    ``source`` says where the tool comes from (``function``, ``builtin``, ``mcp``,
+    ``subagent``), for listings.
+    """
+
+    __slots__ = ()
+
+    name: str
+    description: str
+    definition: ToolDefinition
+    timeout: float | None
+    takes_context: bool = True
+    runs_in_thread: bool = False  # a timed-out call may keep running in its worker thread
+    source: str = "function"
+
+    async def __call__(self, arguments: str, context: ToolContext | None = None) -> Any:
+        raise NotImplementedError
+
+    def parse_arguments(self, arguments: str) -> dict[str, Any]:
+        """Check the model's JSON arguments; here, only that they are a JSON object.
+
+        Raises:
+            ToolArgumentsError: in words the model can act on.
+        """
+        try:
+            parsed = json.loads(arguments or "{}")
+        except ValueError as exc:
+            raise ToolArgumentsError(
+                self.name, f"the arguments are not valid JSON ({exc}). Send a JSON object."
+            ) from None
+        if not isinstance(parsed, dict):
+            raise ToolArgumentsError(
+                self.name, "the arguments must be a JSON object. Send a JSON object."
+            )
+        return parsed
+
+    @property
+    def origin(self) -> str:
+        """Where the tool comes from, for messages about it."""
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class FunctionTool(Tool):
     """A Python function the model can call.
 
     Args:
@@ -172,6 +234,14 @@ class FunctionTool:
         return await run_in_thread(self.fn, kwargs)
 
     @property
+    def takes_context(self) -> bool:  # type: ignore[override]
+        return self._context_param is not None
+
+    @property
+    def runs_in_thread(self) -> bool:  # type: ignore[override]
+        return not self.is_async and not self.inline
+
+    @property
     def origin(self) -> str:
         """Where the function is defined (``module.qualname``), for messages."""
         fn = self.fn
@@ -212,8 +282,10 @@ def tool(
     return wrap(fn) if fn is not None else wrap
 
 
-def _render(value: Any) -> str:
+def _render(value: Any) -> Content:
     if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, _PART_TYPES) for v in value):
         return value
     if isinstance(value, BaseModel):
         return value.model_dump_json()
@@ -223,7 +295,16 @@ def _render(value: Any) -> str:
         return str(value)
 
 
-ToolLike = FunctionTool | Callable[..., Any]
+_PART_TYPES = (TextPart, ImagePart, ResourcePart, DataPart)
+
+ToolLike = Tool | Callable[..., Any]
+
+
+def _same(a: Tool, b: Tool) -> bool:
+    """The same tool registered again (the same function, or the very same object)."""
+    if a is b:
+        return True
+    return isinstance(a, FunctionTool) and isinstance(b, FunctionTool) and a.fn is b.fn
 
 
 class ToolManager:
@@ -236,23 +317,23 @@ class ToolManager:
 
     def __init__(self, tools: Iterable[ToolLike] = (), *, default_timeout: float = 60.0) -> None:
         self.default_timeout = default_timeout
-        self._tools: dict[str, FunctionTool] = {}
+        self._tools: dict[str, Tool] = {}
         self._definitions: list[ToolDefinition] | None = None
         self.calls = 0
         self.errors = 0
         for t in tools:
             self.register(t)
 
-    def register(self, t: ToolLike, *, replace: bool = False) -> FunctionTool:
+    def register(self, t: ToolLike, *, replace: bool = False) -> Tool:
         """Add a tool; registering the same tool twice is harmless.
 
         Raises:
             ConfigurationError: another tool has the same name (unless ``replace``): the model
                 could not tell them apart, so one would silently shadow the other.
         """
-        ft = t if isinstance(t, FunctionTool) else FunctionTool(t)
+        ft = t if isinstance(t, Tool) else FunctionTool(t)
         current = self._tools.get(ft.name)
-        if current is not None and current.fn is not ft.fn and not replace:
+        if current is not None and not _same(current, ft) and not replace:
             raise ConfigurationError(
                 f"Two tools are named {ft.name!r}: {current.origin} and {ft.origin}. "
                 "Rename one with @tool(name=...) or leave one out."
@@ -265,7 +346,7 @@ class ToolManager:
         self._tools.pop(name, None)
         self._definitions = None
 
-    def get(self, name: str) -> FunctionTool:
+    def get(self, name: str) -> Tool:
         try:
             return self._tools[name]
         except KeyError:
@@ -293,17 +374,17 @@ class ToolManager:
         A tool that takes a :class:`ToolContext` gets its own copy carrying the call's id.
         """
         self.calls += 1
-        ft: FunctionTool | None = None
+        ft: Tool | None = None
         try:
             ft = self.get(call.name)
             timeout = ft.timeout or self.default_timeout
-            if context is not None and ft._context_param is not None:
+            if context is not None and ft.takes_context:
                 context = replace(context, call_id=call.id)
             async with asyncio.timeout(timeout):
                 value = await ft(call.arguments, context)
         except TimeoutError:
             self.errors += 1
-            in_thread = ft is not None and not ft.is_async and not ft.inline
+            in_thread = ft is not None and ft.runs_in_thread
             error = ToolTimeoutError(call.name, timeout, thread_left_running=in_thread)
             return ToolResultMessage(
                 tool_call_id=call.id, name=call.name, content=str(error), is_error=True
