@@ -67,6 +67,9 @@ CHUNK_FRAME_TYPES: Final[dict[str, str]] = {
     "done": "stream_complete",
     "queued": "queued",
     "gap": "stream_gap",
+    "approval_request": "approval_request",
+    "approval_resolved": "approval_resolved",
+    "subagent": "subagent_event",
 }
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode

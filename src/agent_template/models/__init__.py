@@ -38,6 +38,8 @@ from agent_template.models.messages import (
 )
 from agent_template.models.requests import ModelRequest, ModelResponse, ToolChoice
 from agent_template.models.run_events import (
+    ApprovalRequested,
+    ApprovalResolved,
     DoneEvent,
     ErrorEvent,
     ModelEvent,
@@ -48,6 +50,7 @@ from agent_template.models.run_events import (
     RunStatus,
     StreamEvent,
     StreamGap,
+    SubagentEvent,
     TextDelta,
     ToolCallDelta,
     ToolCallReady,
@@ -60,10 +63,12 @@ from agent_template.models.run_events import (
 from agent_template.models.sessions import Session
 from agent_template.models.tasks import TERMINAL_STATES, Task, TaskPriority, TaskState
 from agent_template.models.todos import TodoItem, TodoStatus
-from agent_template.models.tools import ToolDefinition
+from agent_template.models.tools import ToolContext, ToolDefinition
 
 __all__ = [
     "TERMINAL_STATES",
+    "ApprovalRequested",
+    "ApprovalResolved",
     "AssistantMessage",
     "BusEvent",
     "BusEventBase",
@@ -95,6 +100,7 @@ __all__ = [
     "StreamEvent",
     "StreamGap",
     "StreamStarted",
+    "SubagentEvent",
     "SystemMessage",
     "Task",
     "TaskPriority",
@@ -111,6 +117,7 @@ __all__ = [
     "ToolCallReady",
     "ToolCallStarted",
     "ToolChoice",
+    "ToolContext",
     "ToolDefinition",
     "ToolExecFinished",
     "ToolExecStarted",

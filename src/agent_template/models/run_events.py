@@ -7,13 +7,15 @@ the run loop passes them on and adds tool results, errors and the final ``done``
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, Field, TypeAdapter
 
 from agent_template.models.messages import AssistantMessage, ToolCall, Usage
 
 __all__ = [
+    "ApprovalRequested",
+    "ApprovalResolved",
     "DoneEvent",
     "ErrorEvent",
     "ModelEvent",
@@ -24,6 +26,7 @@ __all__ = [
     "RunStatus",
     "StreamEvent",
     "StreamGap",
+    "SubagentEvent",
     "TextDelta",
     "ToolCallDelta",
     "ToolCallReady",
@@ -133,6 +136,48 @@ class StreamGap(BaseModel):
     reason: Literal["dropped", "expired"] = "dropped"
 
 
+class ApprovalRequested(BaseModel):
+    """A tool call waits for a person: approve it, deny it, or approve it for the session.
+
+    ``parts`` are the commands of a shell call that need the answer (its other commands are
+    allowed already); ``expires_at`` (seconds since the epoch) is when no answer means deny.
+    """
+
+    type: Literal["approval_request"] = "approval_request"
+    approval_id: str
+    call_id: str
+    tool: str
+    arguments: str = "{}"
+    reason: str = ""
+    parts: list[str] = Field(default_factory=list)
+    expires_at: float | None = None
+
+
+class ApprovalResolved(BaseModel):
+    """The answer to an approval request (``timeout``: nobody answered in time)."""
+
+    type: Literal["approval_resolved"] = "approval_resolved"
+    approval_id: str
+    call_id: str
+    decision: Literal["approve", "deny", "always", "timeout"]
+    message: str = ""
+
+
+class SubagentEvent(BaseModel):
+    """An event of a subagent's run, nested in its parent's stream.
+
+    ``task_id`` is the child's task, ``call_id`` the parent's tool call that started it and
+    ``event`` the child's own event (any stream event, a nested ``subagent`` one included).
+    """
+
+    type: Literal["subagent"] = "subagent"
+    task_id: str
+    call_id: str
+    agent: str
+    depth: int = 1
+    event: dict[str, Any]
+
+
 ModelEvent: TypeAlias = (
     TextDelta
     | ReasoningDelta
@@ -146,7 +191,11 @@ ModelEvent: TypeAlias = (
 # What a run yields: the model's events, and the tool results, errors and end it adds.
 _RunEventTypes: TypeAlias = ModelEvent | ToolResultEvent | ErrorEvent | DoneEvent
 RunEvent = Annotated[_RunEventTypes, Field(discriminator="type")]
-# What a task's stream carries besides: a wait for its session, and gaps a consumer missed.
-StreamEvent = Annotated[_RunEventTypes | RunQueued | StreamGap, Field(discriminator="type")]
+# What a task's stream carries besides: a wait for its session, gaps a consumer missed, and
+# what its tool calls put in while they run (approval requests, subagents' events).
+StreamEvent = Annotated[
+    _RunEventTypes | RunQueued | StreamGap | ApprovalRequested | ApprovalResolved | SubagentEvent,
+    Field(discriminator="type"),
+]
 stream_event_adapter: TypeAdapter[StreamEvent] = TypeAdapter(StreamEvent)
 run_event_adapter: TypeAdapter[RunEvent] = TypeAdapter(RunEvent)

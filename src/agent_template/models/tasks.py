@@ -15,6 +15,7 @@ __all__ = ["TERMINAL_STATES", "Task", "TaskPriority", "TaskState"]
 class TaskState(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
+    WAITING = "waiting"  # for a person's answer (an approval): holds its session, not a slot
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"

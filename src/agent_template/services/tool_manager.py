@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
-from typing import Any, get_type_hints, overload
+from dataclasses import replace
+from typing import Any, Protocol, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -31,32 +32,18 @@ from agent_template.models import (
     ResourcePart,
     TextPart,
     ToolCall,
+    ToolContext,
     ToolDefinition,
     ToolResultMessage,
 )
 from agent_template.services._threads import run_in_thread
 
-__all__ = ["FunctionTool", "Tool", "ToolContext", "ToolManager", "tool"]
+__all__ = ["Authorizer", "FunctionTool", "Tool", "ToolContext", "ToolManager", "tool"]
 
 _ARG_LINE = re.compile(r"^\s*(\*{0,2}\w+)(?:\s*\([^)]*\))?\s*:\s*(.*)$")
 _SECTION = re.compile(
     r"^\s*(Args|Arguments|Parameters|Returns|Raises|Yields|Examples?|Notes?):\s*$"
 )
-
-
-@dataclass(slots=True)
-class ToolContext:
-    """What a tool may learn about the call (declare a parameter of this type).
-
-    Every call gets its own context: the run's (session, task, user, deps) with the call's id.
-    """
-
-    session_id: str | None = None
-    call_id: str = ""
-    task_id: str | None = None
-    user_id: str | None = None
-    deps: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
@@ -300,6 +287,9 @@ _PART_TYPES = (TextPart, ImagePart, ResourcePart, DataPart)
 ToolLike = Tool | Callable[..., Any]
 
 
+_log = logging.getLogger("agent_template.tools")
+
+
 def _same(a: Tool, b: Tool) -> bool:
     """The same tool registered again (the same function, or the very same object)."""
     if a is b:
@@ -307,22 +297,72 @@ def _same(a: Tool, b: Tool) -> bool:
     return isinstance(a, FunctionTool) and isinstance(b, FunctionTool) and a.fn is b.fn
 
 
+class Authorizer(Protocol):
+    """Decides whether a call may run, before it runs (the permission policy, approvals).
+
+    Returns None to let the call run, or the reason it may not, which the model is told.
+    It may wait (for a person's answer); it must fail closed: an error in it refuses.
+    """
+
+    async def authorize(
+        self, tool: Tool, call: ToolCall, context: ToolContext | None
+    ) -> str | None: ...
+
+
 class ToolManager:
     """The registry of tools a run may call, and their execution with timeouts.
 
     Args:
-        tools: functions or :class:`FunctionTool` objects to register.
+        tools: functions or :class:`Tool` objects to register.
         default_timeout: seconds a call may take when the tool sets none.
+        authorizer: asked before every call (see :class:`Authorizer`); None lets all run.
+
+    :meth:`subset` gives a view with fewer tools and the same authorizer (a subagent's).
     """
 
-    def __init__(self, tools: Iterable[ToolLike] = (), *, default_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        tools: Iterable[ToolLike] = (),
+        *,
+        default_timeout: float = 60.0,
+        authorizer: Authorizer | None = None,
+    ) -> None:
         self.default_timeout = default_timeout
+        self.authorizer = authorizer
         self._tools: dict[str, Tool] = {}
         self._definitions: list[ToolDefinition] | None = None
+        self._disabled: frozenset[str] = frozenset()
         self.calls = 0
         self.errors = 0
         for t in tools:
             self.register(t)
+
+    def subset(self, names: Iterable[str] | None = None) -> ToolManager:
+        """A registry of some of these tools (all when ``names`` is None), with the same
+        authorizer and timeout: it can never hold a tool this one does not.
+
+        Raises:
+            ToolNotFoundError: a name that is not a tool here.
+        """
+        chosen = list(self._tools) if names is None else list(names)
+        view = ToolManager(default_timeout=self.default_timeout, authorizer=self.authorizer)
+        for name in chosen:
+            if name not in self._disabled:
+                view._tools[name] = self.get(name)
+        return view
+
+    def disable(self, names: Iterable[str]) -> None:
+        """Hide tools from the model and refuse their calls (``enable`` brings them back)."""
+        self._disabled = self._disabled | frozenset(names)
+        self._definitions = None
+
+    def enable(self, names: Iterable[str]) -> None:
+        self._disabled = self._disabled - frozenset(names)
+        self._definitions = None
+
+    def tools(self) -> list[Tool]:
+        """The enabled tools, in registration order."""
+        return [t for name, t in self._tools.items() if name not in self._disabled]
 
     def register(self, t: ToolLike, *, replace: bool = False) -> Tool:
         """Add a tool; registering the same tool twice is harmless.
@@ -348,22 +388,24 @@ class ToolManager:
 
     def get(self, name: str) -> Tool:
         try:
+            if name in self._disabled:
+                raise KeyError(name)
             return self._tools[name]
         except KeyError:
-            known = ", ".join(sorted(self._tools)) or "none"
+            known = ", ".join(sorted(set(self._tools) - self._disabled)) or "none"
             raise ToolNotFoundError(
                 name, f"no such tool. Available tools: {known}. Call one of those."
             ) from None
 
     def __contains__(self, name: object) -> bool:
-        return name in self._tools
+        return name in self._tools and name not in self._disabled
 
     def __len__(self) -> int:
-        return len(self._tools)
+        return len(self._tools) - len(self._disabled & self._tools.keys())
 
     def definitions(self) -> list[ToolDefinition]:
         if self._definitions is None:
-            self._definitions = [t.definition for t in self._tools.values()]
+            self._definitions = [t.definition for t in self.tools()]
         return self._definitions
 
     async def execute(
@@ -378,8 +420,18 @@ class ToolManager:
         try:
             ft = self.get(call.name)
             timeout = ft.timeout or self.default_timeout
-            if context is not None and ft.takes_context:
+            if context is not None and (ft.takes_context or self.authorizer is not None):
                 context = replace(context, call_id=call.id)
+            if self.authorizer is not None:
+                refused = await self._authorize(ft, call, context)
+                if refused is not None:
+                    self.errors += 1
+                    return ToolResultMessage(
+                        tool_call_id=call.id,
+                        name=call.name,
+                        content=f"The call was refused: {refused}",
+                        is_error=True,
+                    )
             async with asyncio.timeout(timeout):
                 value = await ft(call.arguments, context)
         except TimeoutError:
@@ -403,3 +455,21 @@ class ToolManager:
                 is_error=True,
             )
         return ToolResultMessage(tool_call_id=call.id, name=call.name, content=_render(value))
+
+    async def _authorize(
+        self, tool: Tool, call: ToolCall, context: ToolContext | None
+    ) -> str | None:
+        """The authorizer's answer; its own failure refuses the call (fail closed)."""
+        assert self.authorizer is not None
+        try:
+            return await self.authorizer.authorize(tool, call, context)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _log.error(
+                "the permission check of %s failed; the call is refused", call.name, exc_info=exc
+            )
+            return (
+                f"its permission check failed ({type(exc).__name__}: {exc}), so it was not run. "
+                "Tell the user; do not retry it."
+            )
