@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from agent_template.api.auth import TokenStore, token_id_of
 from agent_template.models import Session, UserMessage
 from agent_template.services.storage import SQLStore
-from agent_template.services.storage.migrate import current_revision, upgrade
+from agent_template.services.storage.migrate import HEAD_REVISION, current_revision, upgrade
 from tests.conftest import DEFAULT_TEST_DATABASE_URL, pg_schema, service_missing
 
 
@@ -221,7 +221,7 @@ async def test_0004_adds_tokens_to_a_0003_database_and_keeps_its_data(
         await old.close()
 
         store = SQLStore(url, connect_args=args)  # opening applies 0004
-        assert await current_revision(await store.open()) == "0004"
+        assert await current_revision(await store.open()) == HEAD_REVISION
         session = await store.load_session("old")
         assert session is not None and session.title == "kept"
         records = await store.load_records("old")

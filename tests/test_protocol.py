@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,14 @@ from agent_template.api.protocol import (
 )
 from agent_template.api.websocket import CLOSE_CODES
 from agent_template.core.stream_gen import Chunk, StreamInfo
-from agent_template.models import ErrorEvent, StreamGap, TaskPriority
+from agent_template.models import (
+    ApprovalRequested,
+    ApprovalResolved,
+    ErrorEvent,
+    StreamGap,
+    SubagentEvent,
+    TaskPriority,
+)
 from agent_template.models.run_events import ReasoningDelta
 from agent_template.services.providers.offline import TestProvider
 from tests.server_helpers import serve, server_settings
@@ -134,8 +142,33 @@ async def frames_a_server_sends(tmp_path: Path) -> list[str]:
         Chunk(info, 2, ReasoningDelta(text="The user greets me.")),
         Chunk(info, 1, StreamGap(from_seq=1, to_seq=120, reason="expired"), 120),
         Chunk(info, 11, ErrorEvent(code="provider_timeout", message="Too slow.", retryable=True)),
+        Chunk(
+            info,
+            7,
+            ApprovalRequested(
+                approval_id="ap_1",
+                call_id="c1",
+                tool="shell",
+                arguments='{"command": "git push"}',
+                reason="shell(git push) needs approval",
+                parts=["git push"],
+                expires_at=1.0,
+            ),
+        ),
+        Chunk(info, 8, ApprovalResolved(approval_id="ap_1", call_id="c1", decision="approve")),
+        Chunk(
+            info,
+            12,
+            SubagentEvent(
+                task_id="t2",
+                call_id="c2",
+                agent="researcher",
+                event={"type": "text_delta", "text": "Found it"},
+            ),
+        ),
     ):
         raw.append(chunk_text(chunk))
+    raw.append(await _approval_answered(tmp_path))
     return raw
 
 
@@ -159,6 +192,46 @@ async def test_the_doc_describes_every_frame_the_server_sends(tmp_path: Path) ->
     assert set(CHUNK_FRAME_TYPES.values()) <= set(documented)
 
 
+async def _approval_answered(tmp_path: Path) -> str:
+    """An ``approve`` message answered by a real server, for a request stored for it."""
+    from agent_template.services.storage.records import ApprovalRecord
+
+    app = create_app(server_settings(tmp_path / "approvals"), model=TestProvider())
+    async with serve(app) as base:
+        state = app.state.server
+        await state.loop.approvals.store.insert_approval(
+            ApprovalRecord(
+                id="ap_doc",
+                task_id="t1",
+                session_id="doc",
+                user_id="default",
+                call_id="c1",
+                tool="shell",
+                arguments='{"command": "git push"}',
+                reason="shell(git push) needs approval",
+                parts='["git push"]',
+                state="pending",
+                message=None,
+                created_at=time.time(),
+                expires_at=time.time() + 60,
+            )
+        )
+        async with connect(ws_url(base)) as ws:
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "approve",
+                        "approval_id": "ap_doc",
+                        "decision": "approve",
+                        "request_id": "a1",
+                    }
+                )
+            )
+            into: list[str] = []
+            await read_until(ws, "approval_answered", into)
+    return into[-1]
+
+
 def test_client_examples_are_messages_the_server_accepts() -> None:
     documented = examples("Client messages")
     kinds = {m.model_fields["type"].annotation.__args__[0] for m in _message_models()}
@@ -178,6 +251,7 @@ def _message_models() -> list[Any]:
         protocol.SubscribeMessage,
         protocol.UnsubscribeMessage,
         protocol.PingMessage,
+        protocol.ApproveMessage,
     ]
 
 

@@ -27,6 +27,8 @@ from agent_template.models import (
     RunEvent,
     RunStatus,
     SystemMessage,
+    ToolCall,
+    ToolResultMessage,
     Usage,
     UserMessage,
 )
@@ -210,13 +212,65 @@ class Agent:
         any event reveals them, so a store can commit them first; partial output of a
         cancelled or failed run is passed too.
         """
+        messages = self._with_instructions(history)
+        start = len(messages)
+        messages.append(UserMessage(content=prompt))
+        return self._begin(
+            RunState(messages=messages, start=start),
+            session_id=session_id,
+            task_id=task_id,
+            user_id=user_id,
+            model=model,
+            on_messages=on_messages,
+        )
+
+    def resume(
+        self,
+        history: Sequence[Message],
+        *,
+        results: Sequence[ToolResultMessage] = (),
+        calls: Sequence[ToolCall] = (),
+        session_id: str | None = None,
+        task_id: str | None = None,
+        user_id: str | None = None,
+        model: str | None = None,
+        on_messages: Callable[[list[Message]], Awaitable[None]] | None = None,
+    ) -> AgentRun:
+        """Go on with a run whose history ends with tool calls: ``results`` are the outcomes
+        already known of some of them, ``calls`` the ones to run now; then the model goes on.
+
+        This is how a run that stopped while a call waited for approval continues.
+        """
+        messages = self._with_instructions(history)
+        start = len(messages)
+        messages.extend(results)
+        state = RunState(messages=messages, start=start, pending_calls=list(calls))
+        return self._begin(
+            state,
+            session_id=session_id,
+            task_id=task_id,
+            user_id=user_id,
+            model=model,
+            on_messages=on_messages,
+        )
+
+    def _with_instructions(self, history: Sequence[Message]) -> list[Message]:
         messages: list[Message] = []
         if self.instructions and not (history and history[0].role == "system"):
             messages.append(SystemMessage(content=self.instructions))
         messages.extend(history)
-        start = len(messages)
-        messages.append(UserMessage(content=prompt))
-        state = RunState(messages=messages, start=start)
+        return messages
+
+    def _begin(
+        self,
+        state: RunState,
+        *,
+        session_id: str | None,
+        task_id: str | None,
+        user_id: str | None,
+        model: str | None,
+        on_messages: Callable[[list[Message]], Awaitable[None]] | None,
+    ) -> AgentRun:
         task_id = task_id or _run_id()  # so the events of concurrent runs can be told apart
         config = RunConfig(
             max_turns=self.max_turns,

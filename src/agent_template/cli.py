@@ -307,6 +307,9 @@ async def _stream_run(
         )
         async for chunk in loop.subscribe(task.task_id):
             printer.show(chunk.event)
+            request = _approval_request(chunk.event)
+            if request is not None:
+                await _answer_at_terminal(loop, request)
         await loop.run()
         if task.state.value == "failed" and not printer.error_shown:
             _err(_style(f"Error: {task.error}", fg="red"))
@@ -327,6 +330,28 @@ async def _stream_run(
         _err("[cancelled]")
         return _EXIT_INTERRUPTED
     return 0 if status == "completed" else _EXIT_FAILED
+
+
+def _approval_request(event: Any) -> Any:
+    """The approval request an event carries (also one nested in a subagent's event)."""
+    from agent_template.models import ApprovalRequested
+
+    if isinstance(event, ApprovalRequested):
+        return event
+    if getattr(event, "type", None) == "subagent" and event.event.get("type") == "approval_request":
+        return ApprovalRequested.model_validate(event.event)
+    return None
+
+
+async def _answer_at_terminal(loop: Any, request: Any) -> None:
+    from agent_template.cli_output import ask_approval
+    from agent_template.errors import AgentTemplateError
+
+    decision, note = await asyncio.to_thread(ask_approval, request)
+    try:
+        await loop.approvals.answer(request.approval_id, decision, message=note)
+    except AgentTemplateError as exc:  # it timed out meanwhile: the run was told
+        _err(_style(str(exc), dim=True))
 
 
 def _with_cli_hint(exc: BaseException) -> str:

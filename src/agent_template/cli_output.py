@@ -72,6 +72,19 @@ class Printer:
             err(style(f"<- {event.name} {mark}: {clip(event.content)}", fg="cyan"))
         elif kind == "queued":
             err(style("[waiting for the session's current run to finish]", dim=True))
+        elif kind == "approval_request":
+            self._break_line()
+            parts = f" ({'; '.join(event.parts)})" if event.parts else ""
+            err(style(f"?? {event.tool} needs your approval{parts}: {event.reason}", fg="yellow"))
+        elif kind == "approval_resolved":
+            err(style(f"[{event.decision}]", dim=True))
+        elif kind == "subagent":
+            inner = event.event
+            if inner.get("type") == "tool_call_finished":
+                call = inner.get("call", {})
+                err(style(f"   [{event.agent}] -> {call.get('name')}", dim=True))
+            elif inner.get("type") == "done":
+                err(style(f"   [{event.agent} {inner.get('status')}]", dim=True))
         elif kind == "error":
             self._break_line()
             err(style(f"Error: {with_cli_hint(event.message, event.code)}", fg="red"))
@@ -117,3 +130,32 @@ class Printer:
 def clip(text: str, limit: int = 200) -> str:
     text = text.replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+APPROVAL_KEYS = {"y": "approve", "yes": "approve", "n": "deny", "no": "deny", "a": "always"}
+
+
+def ask_approval(event: Any) -> tuple[str, str | None]:
+    """Ask at the terminal whether a tool call may run: (decision, note for the model).
+
+    Without a terminal to ask (input is piped, or CI), the answer is deny, said plainly.
+    """
+    if not sys.stdin.isatty():
+        err(
+            style(
+                "   denied: no terminal to ask. Allow the tool in PERMISSIONS_CONFIG to run it "
+                "unattended.",
+                fg="yellow",
+            )
+        )
+        return "deny", "Nobody was at the terminal to approve it."
+    try:
+        arguments = (
+            event.arguments if len(event.arguments) <= 400 else event.arguments[:397] + "..."
+        )
+        err(f"   {event.tool}({arguments})")
+        answer = input("   Run it? [y]es / [n]o / [a]lways for this session: ").strip().lower()
+    except EOFError:
+        return "deny", "Nobody answered at the terminal."
+    decision = APPROVAL_KEYS.get(answer or "n", "deny")
+    return decision, None

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel as BaseModelAlias
@@ -20,7 +21,16 @@ from agent_template.core.metrics import Metrics, default_metrics
 from agent_template.core.scheduler import TaskScheduler
 from agent_template.core.stream_store import MemoryStreamStore, default_stream_store
 from agent_template.errors import SessionNotFoundError
-from agent_template.models import Message, SystemMessage, Task
+from agent_template.models import (
+    Message,
+    SystemMessage,
+    Task,
+    TaskState,
+    ToolCall,
+    ToolContext,
+    ToolResultMessage,
+)
+from agent_template.services.approvals import ApprovalManager
 from agent_template.services.compressor import STATE_VERSION, CompactionResult, ContextCompressor
 from agent_template.services.session_manager import SessionManager
 from agent_template.services.todo_manager import TodoManager
@@ -59,16 +69,25 @@ class ChatHandler:
     """
 
     def __init__(
-        self, agent: Agent, sessions: SessionManager, *, checkpoint_interval: float = 1.0
+        self,
+        agent: Agent,
+        sessions: SessionManager,
+        *,
+        checkpoint_interval: float = 1.0,
+        publisher: Callable[[str], Callable[[Any], object] | None] | None = None,
+        approvals: ApprovalManager | None = None,
     ) -> None:
         self.agent = agent
         self.sessions = sessions
         self.checkpoint_interval = checkpoint_interval
+        self.publisher = publisher
+        self.approvals = approvals
 
     async def __call__(self, task: Task) -> AsyncIterator[BaseModelAlias]:
         payload = task.payload
+        resume = bool(payload.get("resume"))
         message = payload.get("message") or payload.get("content")
-        if not isinstance(message, str) or not message.strip():
+        if not resume and (not isinstance(message, str) or not message.strip()):
             raise ValueError("a chat task needs a non-empty 'message'")
         sessions = self.sessions
         history: list[Any] = []
@@ -78,7 +97,7 @@ class ChatHandler:
         if session_id is not None:
             # The scheduler starts a session's runs one at a time: this is the history the
             # previous run left.
-            history = await sessions.get_context(session_id)
+            history = await sessions.get_context(session_id, open_calls=resume)
             compressor = self.agent.compressor
             known = await _restore_compaction(compressor, sessions, session_id)
 
@@ -94,20 +113,73 @@ class ChatHandler:
             async def checkpoint(text: str) -> None:
                 await sessions.checkpoint(session_id, task_id, text)
 
-        run = self.agent.start(
-            message,
-            history=history,
-            session_id=session_id,
-            task_id=task_id,
-            user_id=task.user_id,
-            model=payload.get("model"),
-            on_messages=save,
-        )
+        if resume:
+            results, calls = await self._open_calls(history, task_id)
+            run = self.agent.resume(
+                history,
+                results=results,
+                calls=calls,
+                session_id=session_id,
+                task_id=task_id,
+                user_id=task.user_id,
+                model=payload.get("model"),
+                on_messages=save,
+            )
+        else:
+            run = self.agent.start(
+                str(message),
+                history=history,
+                session_id=session_id,
+                task_id=task_id,
+                user_id=task.user_id,
+                model=payload.get("model"),
+                on_messages=save,
+            )
+        context = run.config.context
+        if self.publisher is not None and isinstance(context, ToolContext):
+            context.emit = self.publisher(task_id)
+        if self.approvals is not None:
+            run.config.keep_pending = self.approvals.keep_pending
         if checkpoint is not None:
             run.config.checkpoint = checkpoint
             run.config.checkpoint_interval = self.checkpoint_interval
         # The run's own iterator, not a wrapper: one layer less on the streaming path.
         return aiter(run)
+
+    async def _open_calls(
+        self, history: list[Any], task_id: str
+    ) -> tuple[list[ToolResultMessage], list[ToolCall]]:
+        """The tool calls a stopped run left without results: those with an answered
+        approval run now (the approval decides); the others were running when the process
+        stopped, and get a result saying so (they may or may not have had their effect)."""
+        last = next(
+            (i for i in range(len(history) - 1, -1, -1) if history[i].role == "assistant"), None
+        )
+        if last is None:
+            return [], []
+        done = {m.tool_call_id for m in history[last + 1 :] if m.role == "tool"}
+        open_calls = [c for c in history[last].tool_calls if c.id not in done]
+        answered: set[str] = set()
+        if self.approvals is not None and open_calls:
+            answered = {
+                r.call_id
+                for r in await self.approvals.store.find_approvals(task_id=task_id)
+                if r.state != "pending"
+            }
+        results = [
+            ToolResultMessage(
+                tool_call_id=c.id,
+                name=c.name,
+                content=(
+                    "The call was interrupted when the server stopped; whether it had its "
+                    "effect is unknown. Check before calling it again."
+                ),
+                is_error=True,
+            )
+            for c in open_calls
+            if c.id not in answered
+        ]
+        return results, [c for c in open_calls if c.id in answered]
 
 
 async def _restore_compaction(
@@ -214,6 +286,16 @@ class AgentLoop(TaskScheduler):
             bus=self.bus,
         )
         self.agent.compressor = self.compressor
+        from agent_template.services.permissions import PermissionPolicy
+
+        self.approvals = ApprovalManager(
+            sessions.store,  # type: ignore[arg-type]
+            PermissionPolicy.load(settings.permissions_config),
+            timeout_s=settings.approval_timeout_s,
+            resume=self.resume_task,
+        )
+        self.approvals.scheduler = self
+        self.agent.tools.authorizer = self.approvals
         self._janitor: asyncio.Task[None] | None = None
         self.metrics.attach(self.bus)
         gauges = weakref.WeakMethod(self._gauges)  # the collector does not keep the loop alive
@@ -223,7 +305,11 @@ class AgentLoop(TaskScheduler):
         self.register_handler(
             "chat",
             ChatHandler(
-                self.agent, self.sessions, checkpoint_interval=settings.checkpoint_interval
+                self.agent,
+                self.sessions,
+                checkpoint_interval=settings.checkpoint_interval,
+                publisher=self.publisher,
+                approvals=self.approvals,
             ),
         )
 
@@ -255,6 +341,42 @@ class AgentLoop(TaskScheduler):
                 session = await self.sessions.get_or_create(session_id, uid)
             kwargs["user_id"] = session.user_id
         return await super().create_task(spec, **kwargs)
+
+    async def resume_task(self, record: Any) -> Task | None:
+        """Resume a run that stopped while waiting for an approval (``record``), now that
+        its answers are in: a task with the same id continues it from its open tool calls.
+
+        Nothing happens when the run is live (here, or in a process whose lease on it
+        holds) or is not waiting any more.
+        """
+        task_id, session_id = record.task_id, record.session_id
+        live = self._tasks.get(task_id)
+        if live is not None and not live.done:
+            return None
+        if session_id is None:
+            return None
+        stored = next(
+            (t for t in await self.sessions.store.load_tasks(session_id) if t.task_id == task_id),
+            None,
+        )
+        if stored is None or stored.state != TaskState.WAITING.value:
+            return None
+        from agent_template.services.storage.engine import owner_is_dead
+
+        holder = stored.lease_owner
+        expires = stored.lease_expires_at
+        if holder is not None and not owner_is_dead(holder) and (expires or 0) > time.time():
+            return None  # another process still runs it; it sees the answer itself
+        self.streams.release(task_id)  # a stream this process kept of the stopped run
+        task = Task(
+            task_id=task_id,
+            type=stored.type,
+            session_id=session_id,
+            user_id=stored.user_id or record.user_id,
+            payload={"resume": True},
+            created_at=stored.created_at,
+        )
+        return await self.create_task(task)
 
     async def start(self) -> None:
         """Run as a service: also recover tasks of dead processes and, with SESSION_TTL,
@@ -291,6 +413,7 @@ class AgentLoop(TaskScheduler):
         while True:
             try:
                 await self.sessions.recover()
+                await self.approvals.sweep()
                 if ttl:
                     await self.sessions.cleanup_idle(ttl)
             except Exception:  # storage trouble now must not end housekeeping for good

@@ -94,6 +94,11 @@ def status_of(exc: BaseException) -> ApiError:
         return ApiError(404, exc.code, str(exc))
     if isinstance(exc, ToolArgumentsError):
         return ApiError(422, exc.code, str(exc))
+    code = getattr(exc, "code", "")
+    if code == "approval_not_found":
+        return ApiError(404, code, str(exc))
+    if code == "approval_answered":
+        return ApiError(409, code, str(exc))
     if isinstance(exc, CacheUnavailableError):
         return ApiError(503, exc.code, str(exc), headers={"Retry-After": "5"})
     if isinstance(exc, StorageError):

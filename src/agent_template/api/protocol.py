@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHUNK_FRAME_TYPES",
     "PROTOCOL_VERSION",
+    "ApproveMessage",
     "CancelMessage",
     "ChatMessage",
     "ClientMessage",
@@ -261,8 +262,22 @@ class PingMessage(_Message):
     type: Literal["ping"]
 
 
+class ApproveMessage(_Message):
+    """Answer an approval request (an ``approval_request`` frame of one of your runs)."""
+
+    type: Literal["approve"]
+    approval_id: str = Field(min_length=1, max_length=64)
+    decision: Literal["approve", "deny", "always"]
+    message: str | None = Field(None, max_length=2000)
+
+
 ClientMessage: TypeAlias = Annotated[
-    ChatMessage | CancelMessage | SubscribeMessage | UnsubscribeMessage | PingMessage,
+    ChatMessage
+    | CancelMessage
+    | SubscribeMessage
+    | UnsubscribeMessage
+    | PingMessage
+    | ApproveMessage,
     Field(discriminator="type"),
 ]
 client_message_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)

@@ -37,6 +37,7 @@ from agent_template.api.deps import authenticate, bearer_token, is_loopback
 from agent_template.api.errors import ApiError, status_of
 from agent_template.api.protocol import (
     PROTOCOL_VERSION,
+    ApproveMessage,
     CancelMessage,
     ChatMessage,
     ClientMessage,
@@ -81,7 +82,7 @@ CLOSE_TIMEOUT_S: Final = 5.0  # the most a close waits for queued frames to leav
 MAX_FOLLOWED: Final = 64  # streams, and sessions, one connection follows at most
 _REASON_BYTES = 123  # the most a close frame's reason may hold
 _RUN_STATES = ("pending", "running")
-_KNOWN_TYPES = "chat, cancel, subscribe, unsubscribe, ping"
+_KNOWN_TYPES = "chat, cancel, subscribe, unsubscribe, ping, approve"
 _BUS_TYPES = ("task_state", "session_changed", "todos_changed", "context_compacted")
 _RETRYABLE = frozenset({429, 503})  # statuses whose errors go away by retrying later
 _CLOSE_FOR_STATUS = {401: CLOSE_POLICY, 403: CLOSE_POLICY, 429: CLOSE_TRY_LATER}
@@ -604,6 +605,22 @@ class Connection:
                 self._unsubscribe(message)
             case PingMessage():
                 self._reply("pong", {"ts": time.time()}, request_id=message.request_id)
+            case ApproveMessage():
+                await self._approve(message)
+
+    async def _approve(self, message: ApproveMessage) -> None:
+        from agent_template.api.routes.approvals import ApprovalOut
+
+        record = await self.state.loop.approvals.answer(
+            message.approval_id, message.decision, user_id=self.user_id, message=message.message
+        )
+        self._reply(
+            "approval_answered",
+            ApprovalOut.of(record).model_dump(mode="json"),
+            session_id=record.session_id,
+            task_id=record.task_id,
+            request_id=message.request_id,
+        )
 
     async def _chat(self, message: ChatMessage) -> None:
         await _check_rate(self.state, self.user_id)

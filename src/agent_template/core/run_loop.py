@@ -86,6 +86,9 @@ class RunConfig:
     # Saves the text of an answer while it streams, at most every checkpoint_interval seconds.
     checkpoint: Callable[[str], Awaitable[None]] | None = None
     checkpoint_interval: float = 1.0
+    # When the run stops while tool calls wait (for a person's approval), the calls for which
+    # this says True get no "cancelled" result: they stay open, to be answered on resume.
+    keep_pending: Callable[[ToolCall], bool] | None = None
 
 
 @dataclass(slots=True)
@@ -104,6 +107,9 @@ class RunState:
     output: str = ""
     error: AgentTemplateError | None = None
     saved: int = -1  # messages[:saved] are persisted; -1 means "from start"
+    # Tool calls to run before the first model call: a run resumed from a history that
+    # ends with them (their results are not in ``messages`` yet).
+    pending_calls: list[ToolCall] = field(default_factory=list)
 
     @property
     def new_messages(self) -> list[Message]:
@@ -316,75 +322,124 @@ async def run_events(
     if config.model_settings:  # built once; most runs have none and skip the unpacking
         extra = {"temperature": config.temperature, "max_tokens": config.max_tokens}
         extra.update(config.model_settings)
+    # A resumed run (after an approval answered across a restart) starts with the calls of
+    # its last turn instead of a model call.
+    pending: list[ToolCall] = state.pending_calls
+    state.pending_calls = []
     for turn in range(config.max_turns):
-        if extra:
-            request = ModelRequest(messages, definitions, config.model, **extra)
-        else:
-            request = ModelRequest(
-                messages, definitions, config.model, config.temperature, config.max_tokens
-            )
-        if config.prepare_request is not None:
-            request = await config.prepare_request(request)
-        if hooks is not None and hook_ctx is not None:
-            request = await hooks.before_model_call(request, hook_ctx)
-        if announce_calls:
-            bus.publish(ModelCallStarted(session_id=sid, task_id=tid, user_id=uid, turn=turn))  # type: ignore[union-attr]
-        t_model = time.perf_counter()
-        text: list[str] = []
-        usage = Usage()
-        finished: ResponseFinished | None = None
-        stream = model.stream(request)
-        checkpoint = config.checkpoint
-        next_checkpoint = time.monotonic() + config.checkpoint_interval
-        # The checkpoint being written, in the background: the stream never waits for the
-        # database, and at most one save per run is in flight.
-        saving: asyncio.Task[None] | None = None
-        try:
-            async for event in stream:
-                kind = type(event)
-                if kind is TextDelta:
-                    text.append(event.text)  # type: ignore[union-attr]
-                    if checkpoint is not None and time.monotonic() >= next_checkpoint:
-                        if saving is not None and saving.done():
-                            failed = saving.exception()
-                            saving = None
-                            if failed is not None:
-                                raise _CheckpointFailed() from failed
-                        if saving is None:
-                            saving = asyncio.ensure_future(checkpoint("".join(text)))
-                            next_checkpoint = time.monotonic() + config.checkpoint_interval
-                elif kind is UsageEvent:
-                    usage = usage + event.usage  # type: ignore[union-attr]
-                elif kind is ResponseFinished:
-                    finished = event  # type: ignore[assignment]
-                    continue  # announced once the message is stored
-                yield event
-            if saving is not None:  # settled before the answer is stored, never after
-                pending, saving = saving, None
-                try:
-                    await pending
-                except Exception as caught:
-                    raise _CheckpointFailed() from caught
-        except _CheckpointFailed as checkpoint_failed:
-            await _settle(saving)
+        if not pending:
+            if extra:
+                request = ModelRequest(messages, definitions, config.model, **extra)
+            else:
+                request = ModelRequest(
+                    messages, definitions, config.model, config.temperature, config.max_tokens
+                )
+            if config.prepare_request is not None:
+                request = await config.prepare_request(request)
+            if hooks is not None and hook_ctx is not None:
+                request = await hooks.before_model_call(request, hook_ctx)
+            if announce_calls:
+                bus.publish(ModelCallStarted(session_id=sid, task_id=tid, user_id=uid, turn=turn))  # type: ignore[union-attr]
+            t_model = time.perf_counter()
+            text: list[str] = []
+            usage = Usage()
+            finished: ResponseFinished | None = None
+            stream = model.stream(request)
+            checkpoint = config.checkpoint
+            next_checkpoint = time.monotonic() + config.checkpoint_interval
+            # The checkpoint being written, in the background: the stream never waits for the
+            # database, and at most one save per run is in flight.
+            saving: asyncio.Task[None] | None = None
+            try:
+                async for event in stream:
+                    kind = type(event)
+                    if kind is TextDelta:
+                        text.append(event.text)  # type: ignore[union-attr]
+                        if checkpoint is not None and time.monotonic() >= next_checkpoint:
+                            if saving is not None and saving.done():
+                                failed = saving.exception()
+                                saving = None
+                                if failed is not None:
+                                    raise _CheckpointFailed() from failed
+                            if saving is None:
+                                saving = asyncio.ensure_future(checkpoint("".join(text)))
+                                next_checkpoint = time.monotonic() + config.checkpoint_interval
+                    elif kind is UsageEvent:
+                        usage = usage + event.usage  # type: ignore[union-attr]
+                    elif kind is ResponseFinished:
+                        finished = event  # type: ignore[assignment]
+                        continue  # announced once the message is stored
+                    yield event
+                if saving is not None:  # settled before the answer is stored, never after
+                    landing, saving = saving, None
+                    try:
+                        await landing
+                    except Exception as caught:
+                        raise _CheckpointFailed() from caught
+            except _CheckpointFailed as checkpoint_failed:
+                await _settle(saving)
+                state.usage = state.usage + usage
+                _close_partial(state, text, "failed")
+                cause = checkpoint_failed.__cause__
+                error = _storage_failure(
+                    cause if isinstance(cause, Exception) else checkpoint_failed
+                )
+                if persist:
+                    await _persist_quietly(state, config)
+                for event in _failed(state, config, error, "storage"):
+                    yield event
+                return
+            except Exception as caught:
+                # An unexpected exception (a provider bug, garbage the SDK could not parse) ends
+                # the run the same way as a known provider failure: reported, partial kept.
+                exc = caught if isinstance(caught, AgentTemplateError) else _unexpected(caught)
+                await _settle(saving)
+                state.usage = state.usage + usage
+                _close_partial(state, text, "failed")
+                if persist:
+                    await _persist_quietly(state, config)
+                if bus is not None:
+                    bus.publish(
+                        ModelCallFinished(
+                            session_id=sid,
+                            task_id=tid,
+                            user_id=uid,
+                            turn=turn,
+                            provider=getattr(exc, "provider", None),
+                            latency_ms=(time.perf_counter() - t_model) * 1000,
+                            error=exc.code,
+                        )
+                    )
+                for event in _failed(state, config, exc, "model"):
+                    yield event
+                return
+            except BaseException:  # cancelled, or this iterator was closed
+                await _settle(saving)
+                state.usage = state.usage + usage
+                _close_partial(state, text, "cancelled")
+                state.status = "cancelled"
+                if persist:
+                    await _persist_quietly(state, config)
+                raise
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
             state.usage = state.usage + usage
-            _close_partial(state, text, "failed")
-            cause = checkpoint_failed.__cause__
-            error = _storage_failure(cause if isinstance(cause, Exception) else checkpoint_failed)
+            state.turns += 1
+            if config.on_usage is not None:
+                config.on_usage(request, usage)
+            if finished is None:  # a provider that broke its contract; keep what it said
+                finished = ResponseFinished(
+                    finish_reason="stop", message=AssistantMessage(content="".join(text))
+                )
+            message = finished.message
+            messages.append(message)
             if persist:
-                await _persist_quietly(state, config)
-            for event in _failed(state, config, error, "storage"):
-                yield event
-            return
-        except Exception as caught:
-            # An unexpected exception (a provider bug, garbage the SDK could not parse) ends
-            # the run the same way as a known provider failure: reported, partial kept.
-            exc = caught if isinstance(caught, AgentTemplateError) else _unexpected(caught)
-            await _settle(saving)
-            state.usage = state.usage + usage
-            _close_partial(state, text, "failed")
-            if persist:
-                await _persist_quietly(state, config)
+                not_saved = await _persist_quietly(state, config)
+                if not_saved is not None:
+                    for event in _failed(state, config, not_saved, "storage"):
+                        yield event
+                    return
+            yield finished
             if bus is not None:
                 bus.publish(
                     ModelCallFinished(
@@ -392,78 +447,42 @@ async def run_events(
                         task_id=tid,
                         user_id=uid,
                         turn=turn,
-                        provider=getattr(exc, "provider", None),
+                        provider=message.provider,
+                        model=message.model,
                         latency_ms=(time.perf_counter() - t_model) * 1000,
-                        error=exc.code,
+                        usage=usage,
                     )
                 )
-            for event in _failed(state, config, exc, "model"):
-                yield event
-            return
-        except BaseException:  # cancelled, or this iterator was closed
-            await _settle(saving)
-            state.usage = state.usage + usage
-            _close_partial(state, text, "cancelled")
-            state.status = "cancelled"
-            if persist:
-                await _persist_quietly(state, config)
-            raise
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
-        state.usage = state.usage + usage
-        state.turns += 1
-        if config.on_usage is not None:
-            config.on_usage(request, usage)
-        if finished is None:  # a provider that broke its contract; keep what it said
-            finished = ResponseFinished(
-                finish_reason="stop", message=AssistantMessage(content="".join(text))
-            )
-        message = finished.message
-        messages.append(message)
-        if persist:
-            not_saved = await _persist_quietly(state, config)
-            if not_saved is not None:
-                for event in _failed(state, config, not_saved, "storage"):
-                    yield event
-                return
-        yield finished
-        if bus is not None:
-            bus.publish(
-                ModelCallFinished(
-                    session_id=sid,
-                    task_id=tid,
-                    user_id=uid,
-                    turn=turn,
-                    provider=message.provider,
-                    model=message.model,
-                    latency_ms=(time.perf_counter() - t_model) * 1000,
-                    usage=usage,
+            if hooks is not None and hook_ctx is not None:
+                await hooks.after_model_call(message, usage, hook_ctx)
+            calls = message.tool_calls
+            if not calls:
+                state.output = message.text
+                state.status = "completed"
+                yield DoneEvent(
+                    status="completed", output=state.output, usage=state.usage, turns=state.turns
                 )
-            )
-        if hooks is not None and hook_ctx is not None:
-            await hooks.after_model_call(message, usage, hook_ctx)
-        calls = message.tool_calls
-        if not calls:
-            state.output = message.text
-            state.status = "completed"
-            yield DoneEvent(
-                status="completed", output=state.output, usage=state.usage, turns=state.turns
-            )
-            return
+                return
+            pending = calls
+        calls, pending = pending, []
         try:
             if execute is not None:
                 results = await _run_tools(execute, calls)
             else:
                 results = [_missing_tools(c) for c in calls]
         except _PartialResults as partial:
+            keep = config.keep_pending
             for call, result in zip(calls, partial.results, strict=True):
+                if result is None and keep is not None and keep(call):
+                    continue  # it waits for an answer that resumes the run later
                 messages.append(result or _cancelled(call))
             state.status = "cancelled"
             if persist:
                 await _persist_quietly(state, config)
             raise asyncio.CancelledError from None
         except BaseException:
-            messages.extend(_cancelled(c) for c in calls)
+            keep = config.keep_pending
+            messages.extend(_cancelled(c) for c in calls if keep is None or not keep(c))
             state.status = "cancelled"
             if persist:
                 await _persist_quietly(state, config)

@@ -95,6 +95,8 @@ _FINAL_STATUS: dict[TaskState, RunStatus] = {
     TaskState.FAILED: "failed",
     TaskState.CANCELLED: "cancelled",
     TaskState.INTERRUPTED: "interrupted",
+    # Suspended while waiting for a person: this stream ends, the task goes on after a restart.
+    TaskState.WAITING: "interrupted",
 }
 
 _running_task: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -105,11 +107,12 @@ _running_task: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 class _Line:
     """The tasks of one session that run one at a time: the holder, then the waiting."""
 
-    __slots__ = ("admission", "holder", "leased", "waiting")
+    __slots__ = ("admission", "holder", "leased", "parked", "waiting")
 
     def __init__(self, holder: Task) -> None:
         self.holder: Task | None = holder
         self.leased = False  # the holder has the store's lease (to release at its end)
+        self.parked = False  # the lease is held without a process, while the holder waits
         self.waiting: deque[Task] = deque()
         self.admission: asyncio.Task[None] | None = None  # polling for a lease held elsewhere
 
@@ -182,6 +185,8 @@ class TaskScheduler:
         self._lent: dict[str, int] = {}  # such a waiting task -> how many waits it has
         self._waits: dict[str, list[str]] = {}  # task id -> running tasks waiting for it
         self._interrupting: set[str] = set()  # running tasks being stopped as interrupted
+        self._parked: dict[str, int] = {}  # running tasks waiting for a person -> waits
+        self._suspending: set[str] = set()  # parked tasks being stopped to resume later
         self._accepting = True
         self._idle: asyncio.Event | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -382,6 +387,79 @@ class TaskScheduler:
             self._lent[waiter] = count
         else:
             self._blocked -= 1
+
+    # ------------------------------------------------------------------ waiting for people
+
+    async def park(self, task_id: str, until: float) -> None:
+        """The running task waits for a person (an approval) until ``until`` at the latest.
+
+        Meanwhile its concurrency slot is free for other tasks, its state is ``waiting``, and
+        its session stays held without a process (so that, when this process stops, the
+        session is still the task's after a restart, until ``until``). Each ``park`` needs an
+        :meth:`unpark`; a task may wait for several answers at once.
+        """
+        task = self._tasks.get(task_id)
+        if task is None or task.done or task_id not in self._running:
+            return
+        count = self._parked.get(task_id, 0)
+        self._parked[task_id] = count + 1
+        line = self._lines.get(task.session_id or "")
+        leases = self.session_leases
+        if line is not None and line.holder is task and line.leased and leases is not None:
+            park_run = getattr(leases, "park_run", None)
+            if park_run is not None:
+                try:
+                    line.parked = bool(await park_run(task.session_id, task_id, until))
+                except Exception:  # the lease is still renewed while this process lives
+                    log.warning("could not park the session lease of task %s", task_id)
+        if count:
+            return
+        self._blocked += 1
+        await self._changed(task, TaskState.WAITING)
+        self._dispatch()
+
+    async def unpark(self, task_id: str) -> None:
+        """The answer came (or the wait ended): the task runs again and holds its session."""
+        count = self._parked.get(task_id, 0)
+        if not count:
+            return
+        if count > 1:
+            self._parked[task_id] = count - 1
+            return
+        del self._parked[task_id]
+        self._blocked -= 1
+        task = self._tasks.get(task_id)
+        if task is None:
+            return
+        line = self._lines.get(task.session_id or "")
+        if line is not None and line.holder is task and line.parked:
+            line.parked = False
+            await self._retake_session(task)
+        if not task.done and task.state is TaskState.WAITING:
+            await self._changed(task, TaskState.RUNNING)
+
+    async def _retake_session(self, task: Task) -> None:
+        leases, sid = self.session_leases, task.session_id
+        if leases is None or sid is None:
+            return
+        try:
+            await leases.acquire_run(
+                sid, task.task_id, time.time() + self.lease_s, kinds=self.session_kinds
+            )
+        except Exception:  # the parked lease still holds until it expires
+            log.warning("could not take session %s back for task %s", sid, task.task_id)
+
+    def publisher(self, task_id: str) -> Callable[[Any], object] | None:
+        """What puts an event into a live task's stream (None once the task ended)."""
+        stream = self._live_streams.get(task_id)
+        return None if stream is None else stream.publish
+
+    def parked(self, task_id: str) -> bool:
+        return task_id in self._parked
+
+    def suspending(self, task_id: str) -> bool:
+        """Whether the task is being stopped while it waits, to resume after a restart."""
+        return task_id in self._suspending
 
     # ------------------------------------------------------------------ sessions
 
@@ -596,6 +674,8 @@ class TaskScheduler:
                 current.uncancel()  # handled here: the task ends cancelled
             interrupted = not self._accepting or task.task_id in self._interrupting
             state = TaskState.INTERRUPTED if interrupted else TaskState.CANCELLED
+            if task.task_id in self._suspending:
+                state = TaskState.WAITING  # stored as waiting: an answer resumes it later
             self._interrupting.discard(task.task_id)
             if outcome is not None and hasattr(outcome, "aclose"):
                 await outcome.aclose()  # stops the model stream and tools, keeps the partial
@@ -622,11 +702,19 @@ class TaskScheduler:
     ) -> None:
         """Record the outcome, free the session, stop the descendants, end the stream, and
         only then tell whoever waits for the task."""
-        task.finished_at = time.time()
+        suspended = state is TaskState.WAITING
+        if not suspended:
+            task.finished_at = time.time()
+        if self._parked.pop(task.task_id, 0):
+            self._blocked -= 1
         stream = self._live_streams.pop(task.task_id, None)
         try:
-            await self._changed(task, state)
-            await self._next_in_line_safely(task)
+            await self._changed(task, state)  # a suspended task is stored without a lease
+            self._suspending.discard(task.task_id)
+            if suspended:
+                self._leave_parked(task)
+            else:
+                await self._next_in_line_safely(task)
             for child_id in self._children.pop(task.task_id, ()):
                 child = self._tasks.get(child_id)
                 if child is not None and not child.done:
@@ -655,6 +743,16 @@ class TaskScheduler:
                 self._renewer.cancel()  # nothing left to renew; do not wait for its next tick
                 self._renewer = None
 
+    def _leave_parked(self, task: Task) -> None:
+        """A suspended task leaves its line but keeps its parked session lease: the session
+        stays its own until it resumes or the lease expires."""
+        line = self._lines.get(task.session_id or "")
+        if line is not None and line.holder is task:
+            line.leased = line.parked = False
+            line.holder = None
+            if not line.waiting:
+                del self._lines[task.session_id or ""]
+
     async def _next_in_line_safely(self, task: Task) -> None:
         if task.session_id is not None and task.session_id in self._lines:
             try:
@@ -671,7 +769,7 @@ class TaskScheduler:
     async def _record(self, task: Task) -> None:
         if self.task_store is None or task.session_id is None:
             return
-        live = not task.done
+        live = not task.done and task.task_id not in self._suspending
         try:
             await self.task_store.record_task(task, time.time() + self.lease_s if live else None)
         except Exception:  # the run goes on; the next state change records it again
@@ -716,7 +814,7 @@ class TaskScheduler:
                 holding = [
                     line.holder.task_id
                     for line in self._lines.values()
-                    if line.leased and line.holder is not None
+                    if line.leased and not line.parked and line.holder is not None
                 ]
                 if not recorded and not holding:
                     continue
@@ -787,6 +885,14 @@ class TaskScheduler:
             self._withdraw(task)
             if not task.done:
                 await self._finish(task, TaskState.INTERRUPTED)
+        # Tasks waiting for a person cannot finish in the grace time: they stop now and stay
+        # waiting in the store, to resume when the answer comes.
+        parked = [self._running[t] for t in self._parked if t in self._running]
+        self._suspending.update(t for t in self._parked if t in self._running)
+        for runner in parked:
+            runner.cancel()
+        if parked:
+            await asyncio.wait(parked)
         running = list(self._running.items())
         if running:
             _, late = await asyncio.wait([r for _, r in running], timeout=deadline)

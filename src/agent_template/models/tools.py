@@ -35,5 +35,5 @@ class ToolContext:
     user_id: str | None = None
     deps: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
-    emit: Callable[[Any], None] | None = None
+    emit: Callable[[Any], object] | None = None
     depth: int = 0

@@ -297,14 +297,15 @@ class SessionManager:
         records = await self.get_history(session_id, limit=limit, user_id=user_id)
         return [r.message for r in records]
 
-    async def get_context(self, session_id: str) -> list[Message]:
+    async def get_context(self, session_id: str, *, open_calls: bool = False) -> list[Message]:
         """The recent messages handed to the model for the next turn.
 
         Reads only the recent rows, never the whole history: between ``context_window`` and
         1.5 x ``context_window`` of them. The window's start moves in steps of half a window,
         not with every message, so a summary of its older part stays valid for many turns.
         Answers still streaming elsewhere, and tool results whose call fell outside the window,
-        are left out so the history stays valid.
+        are left out so the history stays valid. With ``open_calls`` the last assistant
+        message keeps its tool calls even where results are missing (a run resumes from them).
         """
         store = await self._ready()
         window = self.context_window
@@ -313,6 +314,10 @@ class SessionManager:
         start = ((total - window) // step) * step if total > window else 0
         records = await store.load_records(session_id, after_seq=start)
         messages = [r.message for r in records if r.status != "streaming"]
+        if open_calls:
+            last = _last_assistant(messages)
+            if last is not None:
+                return [*_valid_history(messages[:last]), *messages[last:]]
         return _valid_history(messages)
 
     # ------------------------------------------------------------------ tasks and todos
@@ -348,6 +353,13 @@ def _session_cache(
     from agent_template.services.state_cache import create_state_cache
 
     return create_state_cache(settings, on_fallback=on_fallback)
+
+
+def _last_assistant(messages: list[Message]) -> int | None:
+    for i in range(len(messages) - 1, -1, -1):
+        if isinstance(messages[i], AssistantMessage):
+            return i
+    return None
 
 
 def _valid_history(messages: list[Message]) -> list[Message]:

@@ -11,7 +11,15 @@ __all__ = ["include_routers"]
 
 
 def include_routers(app: FastAPI) -> None:
-    from agent_template.api.routes import health, messages, sessions, stats, tasks, tools
+    from agent_template.api.routes import (
+        approvals,
+        health,
+        messages,
+        sessions,
+        stats,
+        tasks,
+        tools,
+    )
 
     app.include_router(health.router)  # /health, /ready, /metrics
     app.include_router(stats.router, prefix="/api/v1", tags=["stats"])
@@ -19,3 +27,4 @@ def include_routers(app: FastAPI) -> None:
     app.include_router(messages.router, prefix="/api/v1", tags=["messages"])
     app.include_router(tasks.router, prefix="/api/v1", tags=["tasks"])
     app.include_router(tools.router, prefix="/api/v1", tags=["tools"])
+    app.include_router(approvals.router, prefix="/api/v1", tags=["approvals"])

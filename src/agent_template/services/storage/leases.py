@@ -321,6 +321,23 @@ class TaskLeases:
         )
         return any(not owner_is_dead(owner) for (owner,) in rows)
 
+    async def park_run(self, session_id: str, task_id: str, until: float) -> bool:
+        """Keep the session's run lease for ``task_id`` until ``until`` without a process.
+
+        A run that waits for a person (an approval) holds its session so that no other run
+        breaks its history, also across a restart of the process: the lease then has no
+        owner to outlive, only its expiry. :meth:`acquire_run` by the same task takes it
+        back. Returns False when ``task_id`` does not hold the lease.
+        """
+        ss = s.sessions
+        async with self._tx(write=True) as conn:
+            done = await conn.execute(
+                update(ss)
+                .where(and_(ss.c.id == session_id, ss.c.run_holder == task_id))
+                .values(run_owner=None, run_lease_expires_at=until)
+            )
+        return bool(done.rowcount == 1)
+
     async def release_run(self, session_id: str, task_id: str) -> None:
         """Free the session's run lease if ``task_id`` holds it (otherwise do nothing)."""
         ss = s.sessions

@@ -8,7 +8,12 @@ from typing import Any
 
 from agent_template.errors import SessionNotFoundError
 from agent_template.models import AssistantMessage, Message, Session, Task
-from agent_template.services.storage.records import MessageRecord, TaskRecord, TodoRecord
+from agent_template.services.storage.records import (
+    ApprovalRecord,
+    MessageRecord,
+    TaskRecord,
+    TodoRecord,
+)
 
 __all__ = ["MemorySessionStore"]
 
@@ -23,6 +28,7 @@ class MemorySessionStore:
         self._todos: dict[str, list[TodoRecord]] = {}
         self._compaction: dict[str, dict[str, Any] | None] = {}
         self._runs: dict[str, tuple[str, float]] = {}  # session id -> (holder task, until)
+        self._approvals: dict[str, ApprovalRecord] = {}
 
     async def open(self) -> None:
         return None
@@ -179,6 +185,14 @@ class MemorySessionStore:
         self._runs[session_id] = (task_id, until)
         return True
 
+    async def park_run(self, session_id: str, task_id: str, until: float) -> bool:
+        """Keep the session's run lease for ``task_id`` until ``until`` (see SQLStore)."""
+        held = self._runs.get(session_id)
+        if held is None or held[0] != task_id:
+            return False
+        self._runs[session_id] = (task_id, until)
+        return True
+
     async def release_run(self, session_id: str, task_id: str) -> None:
         """Free the session's run lease if ``task_id`` holds it."""
         held = self._runs.get(session_id)
@@ -203,3 +217,40 @@ class MemorySessionStore:
 
     async def load_compaction(self, session_id: str) -> dict[str, Any] | None:
         return self._compaction.get(session_id)
+
+    async def insert_approval(self, record: ApprovalRecord) -> None:
+        self._approvals[record.id] = record
+
+    async def load_approval(self, approval_id: str) -> ApprovalRecord | None:
+        return self._approvals.get(approval_id)
+
+    async def find_approvals(
+        self,
+        *,
+        user_id: str | None = None,
+        task_id: str | None = None,
+        session_id: str | None = None,
+        states: Sequence[str] = (),
+        expired_before: float | None = None,
+        limit: int = 1000,
+    ) -> list[ApprovalRecord]:
+        found = [
+            a
+            for a in self._approvals.values()
+            if (user_id is None or a.user_id == user_id)
+            and (task_id is None or a.task_id == task_id)
+            and (session_id is None or a.session_id == session_id)
+            and (not states or a.state in states)
+            and (expired_before is None or a.expires_at < expired_before)
+        ]
+        found.sort(key=lambda a: (a.created_at, a.id))
+        return found[:limit]
+
+    async def answer_approval(
+        self, approval_id: str, state: str, message: str | None, at: float
+    ) -> bool:
+        record = self._approvals.get(approval_id)
+        if record is None or record.state != "pending":
+            return False
+        record.state, record.message, record.answered_at = state, message, at
+        return True

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from agent_template.models import Message
 
-__all__ = ["MessageRecord", "TaskRecord", "TodoRecord"]
+__all__ = ["ApprovalRecord", "MessageRecord", "TaskRecord", "TodoRecord"]
 
 
 @dataclass(slots=True)
@@ -48,3 +49,30 @@ class TodoRecord:
     content: str
     status: str
     position: int = 0
+
+
+@dataclass(slots=True)
+class ApprovalRecord:
+    """A stored approval request: the call that waits, and its answer once given.
+
+    ``parts`` is a JSON list of the shell commands asked about; ``state`` is ``pending``,
+    ``approve``, ``deny``, ``always`` or ``timeout``.
+    """
+
+    id: str
+    task_id: str
+    session_id: str | None
+    user_id: str
+    call_id: str
+    tool: str
+    arguments: str
+    reason: str
+    parts: str
+    state: str
+    message: str | None
+    created_at: float
+    expires_at: float
+    answered_at: float | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}

@@ -18,7 +18,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["api_tokens", "messages", "metadata", "sessions", "tasks", "todos"]
+__all__ = ["api_tokens", "approvals", "messages", "metadata", "sessions", "tasks", "todos"]
 
 metadata = MetaData(
     naming_convention={
@@ -132,3 +132,29 @@ api_tokens = Table(
     Column("revoked_at", Float),
 )
 Index("ix_api_tokens_user_id", api_tokens.c.user_id)
+
+# Approval requests of tool calls that wait for a person (``ask`` rules). A row outlives the
+# process that asked: after a restart the request is still pending, and answering it resumes
+# the run. ``state`` is ``pending``, then ``approve``, ``deny``, ``always`` or ``timeout``;
+# the ``always`` rows of a session are its standing grants.
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("task_id", String(64), nullable=False),
+    Column("session_id", String(64)),
+    Column("user_id", String(128), nullable=False),
+    Column("call_id", String(128), nullable=False),
+    Column("tool", String(128), nullable=False),
+    Column("arguments", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("parts", Text, nullable=False),  # JSON list: the shell commands asked about
+    Column("state", String(16), nullable=False),
+    Column("message", Text),  # the answer's note for the model
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("answered_at", Float),
+)
+Index("ix_approvals_task_id", approvals.c.task_id)
+Index("ix_approvals_user_id_state", approvals.c.user_id, approvals.c.state)
+Index("ix_approvals_session_id_state", approvals.c.session_id, approvals.c.state)

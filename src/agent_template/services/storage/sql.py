@@ -20,6 +20,7 @@ from sqlalchemy import delete, insert, select, update
 from agent_template.errors import StorageError
 from agent_template.models import Session
 from agent_template.services.storage import schema as s
+from agent_template.services.storage.approvals import Approvals
 from agent_template.services.storage.codec import COMPRESS_ABOVE_BYTES
 from agent_template.services.storage.engine import (
     CONNECT_FAILURES,
@@ -83,7 +84,7 @@ class _Guarded:
         return getattr(self._conn, name)
 
 
-class SQLStore(MessageLog, TaskLeases, ApiTokens):
+class SQLStore(MessageLog, TaskLeases, ApiTokens, Approvals):
     """Sessions, messages, tasks and todos in a SQL database.
 
     Args:
@@ -94,7 +95,8 @@ class SQLStore(MessageLog, TaskLeases, ApiTokens):
 
     Nothing happens until :meth:`open` (called by the first operation), which applies the
     migrations. Messages come from :class:`MessageLog`; tasks, their leases and the session
-    run lease from :class:`TaskLeases`; the server's bearer tokens from :class:`ApiTokens`.
+    run lease from :class:`TaskLeases`; the server's bearer tokens from :class:`ApiTokens`;
+    approval requests from :class:`Approvals`.
     """
 
     def __init__(
