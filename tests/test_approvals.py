@@ -268,10 +268,9 @@ async def test_an_approval_pending_across_a_restart_completes_the_run(
 
 async def test_a_run_with_nobody_to_ask_is_refused_plainly(tmp_path: Path) -> None:
     """The library's Agent has no stream to put a request in: an ask call is refused."""
-    from agent_template.services.permissions import PermissionPolicy
-
     from agent_template.agent import Agent
     from agent_template.services.approvals import ApprovalManager
+    from agent_template.services.permissions import PermissionPolicy
     from agent_template.services.storage.memory import MemorySessionStore
 
     agent = Agent("Be brief.", tools=[deploy], model="test")

@@ -104,6 +104,7 @@ async def make_loop(tmp_path: Path) -> AsyncIterator[LoopFactory]:
             tools=tools or [],
             instructions=LEAD,
             todo_tools=False,
+            subagents=False,  # each test installs the manager it builds
             bus=InProcessEventBus(),
             streams=MemoryStreamStore(),
             max_concurrent_tasks=slots,
@@ -608,3 +609,32 @@ def test_a_config_file_declares_the_types_the_tool_offers(tmp_path: Path) -> Non
     assert "- reviewer: Reviews changes." in definition.description
     assert (manager.max_depth, manager.max_concurrent) == (2, 4)
     assert list(SubagentManager().types) == ["general"]  # the built-in type, without a file
+
+
+async def test_the_agent_loop_offers_subagents_from_its_settings(tmp_path: Path) -> None:
+    config = tmp_path / "subagents.json"
+    config.write_text(
+        json.dumps(
+            {
+                "subagents": {
+                    "researcher": {
+                        "description": "Looks things up.",
+                        "instructions": "Research the question.",
+                    }
+                }
+            }
+        )
+    )
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        database_url=f"sqlite:///{tmp_path / 'agent.db'}",
+        subagents_config=config,
+    )
+    async with AgentLoop(settings, model="test", streams=MemoryStreamStore()) as loop:
+        schema = loop.agent.tools.get("subagent").definition.parameters
+        assert "researcher" in json.dumps(schema)
+    off = Settings(  # type: ignore[call-arg]
+        _env_file=None, database_url=f"sqlite:///{tmp_path / 'b.db'}", subagent_max_depth=0
+    )
+    async with AgentLoop(off, model="test", streams=MemoryStreamStore()) as loop:
+        assert "subagent" not in loop.agent.tools

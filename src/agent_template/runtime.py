@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from agent_template.core.hooks import HookRegistry
     from agent_template.core.run_loop import ModelClient
     from agent_template.core.stream_store import StreamStore
+    from agent_template.services.subagent import SubagentManager
     from agent_template.services.tool_manager import ToolLike
 
 __all__ = ["DEFAULT_INSTRUCTIONS", "AgentLoop", "ChatHandler", "stream_store"]
@@ -214,6 +215,8 @@ class AgentLoop(TaskScheduler):
         tools: tools chat turns may call.
         instructions: the system prompt of chat turns.
         todo_tools: offer the agent ``todo_write``/``todo_read`` for its session's plan.
+        subagents: offer the ``subagent`` tool (the types of ``SUBAGENTS_CONFIG``, or the
+            general one), unless ``SUBAGENT_MAX_DEPTH`` is 0.
         metrics: where counters and histograms go (the process's metrics by default); the
             loop's gauges are collected until :meth:`stop`.
         streams: where tasks' chunk streams live. By default the process's default store,
@@ -236,6 +239,7 @@ class AgentLoop(TaskScheduler):
         hooks: HookRegistry | None = None,
         max_concurrent_tasks: int | None = None,
         todo_tools: bool = True,
+        subagents: bool = True,
         metrics: Metrics | None = None,
         streams: StreamStore | None = None,
         **kwargs: Any,
@@ -296,6 +300,12 @@ class AgentLoop(TaskScheduler):
         )
         self.approvals.scheduler = self
         self.agent.tools.authorizer = self.approvals
+        self.subagents: SubagentManager | None = None
+        if subagents and settings.subagent_max_depth > 0:
+            from agent_template.services.subagent import SubagentManager
+
+            self.subagents = SubagentManager.from_settings(settings)
+            self.subagents.install(self)
         self._janitor: asyncio.Task[None] | None = None
         self.metrics.attach(self.bus)
         gauges = weakref.WeakMethod(self._gauges)  # the collector does not keep the loop alive
@@ -397,6 +407,8 @@ class AgentLoop(TaskScheduler):
         """Stop, then release connections: the session store if this loop built it, and the
         model's clients (a model passed in stays usable: its clients reopen on next use)."""
         await self.stop()
+        if self.subagents is not None:
+            await self.subagents.aclose()
         if self._owns_sessions:
             await self.sessions.close()
         await self.agent.aclose()
