@@ -119,7 +119,10 @@ async def test_long_offline_conversation_compacts_and_keeps_the_full_history(
     compactions: list[ContextCompacted] = []
     bus.add_listener(compactions.append, types=["context_compacted"])  # type: ignore[arg-type]
     model = TestProvider()
-    loop = AgentLoop(settings, model=model, bus=bus, todo_tools=False)
+    # No tools: their definitions alone would not fit a 600-token context.
+    loop = AgentLoop(
+        settings, model=model, bus=bus, todo_tools=False, builtin_tools=False, subagents=False
+    )
     for turn in range(25):
         task = await loop.create_task(
             {

@@ -104,6 +104,7 @@ async def make_loop(tmp_path: Path) -> AsyncIterator[LoopFactory]:
             tools=tools or [],
             instructions=LEAD,
             todo_tools=False,
+            builtin_tools=False,
             subagents=False,  # each test installs the manager it builds
             bus=InProcessEventBus(),
             streams=MemoryStreamStore(),

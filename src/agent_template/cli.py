@@ -436,6 +436,12 @@ def status(
     typer.echo("Configuration")
     for key, value in rows:
         typer.echo(f"  {key:<22}{value}")
+    if settings.builtin_tools:
+        from agent_template.services.sandbox import sandbox_report
+
+        typer.echo(f"Sandbox (workspace {settings.workspace_dir.resolve()})")
+        for line in sandbox_report().lines():
+            typer.echo(f"  {line}")
     fallbacks = {f.partition(":")[0] for f in settings.fallback_providers}
     ready: list[str] = []
     typer.echo("Providers")
@@ -519,12 +525,16 @@ def init(
 
 def main() -> None:
     """Entry point of ``agent-template``."""
+    from agent_template.cli_mcp import mcp_app
+    from agent_template.cli_sandbox import sandbox_app
     from agent_template.cli_sessions import db_app, sessions_app
     from agent_template.cli_tokens import token_app
 
     app.add_typer(sessions_app, name="sessions")
     app.add_typer(db_app, name="db")
     app.add_typer(token_app, name="token")
+    app.add_typer(sandbox_app, name="sandbox")
+    app.add_typer(mcp_app, name="mcp")
     app()
 
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel as BaseModelAlias
@@ -77,12 +77,14 @@ class ChatHandler:
         checkpoint_interval: float = 1.0,
         publisher: Callable[[str], Callable[[Any], object] | None] | None = None,
         approvals: ApprovalManager | None = None,
+        before_turn: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.agent = agent
         self.sessions = sessions
         self.checkpoint_interval = checkpoint_interval
         self.publisher = publisher
         self.approvals = approvals
+        self.before_turn = before_turn
 
     async def __call__(self, task: Task) -> AsyncIterator[BaseModelAlias]:
         payload = task.payload
@@ -141,6 +143,7 @@ class ChatHandler:
             context.emit = self.publisher(task_id)
         if self.approvals is not None:
             run.config.keep_pending = self.approvals.keep_pending
+        run.config.before_turn = self.before_turn
         if checkpoint is not None:
             run.config.checkpoint = checkpoint
             run.config.checkpoint_interval = self.checkpoint_interval
@@ -215,6 +218,8 @@ class AgentLoop(TaskScheduler):
         tools: tools chat turns may call.
         instructions: the system prompt of chat turns.
         todo_tools: offer the agent ``todo_write``/``todo_read`` for its session's plan.
+        builtin_tools: offer the sandboxed shell and file tools of the workspace folder
+            (``BUILTIN_TOOLS`` by default).
         subagents: offer the ``subagent`` tool (the types of ``SUBAGENTS_CONFIG``, or the
             general one), unless ``SUBAGENT_MAX_DEPTH`` is 0.
         metrics: where counters and histograms go (the process's metrics by default); the
@@ -239,6 +244,7 @@ class AgentLoop(TaskScheduler):
         hooks: HookRegistry | None = None,
         max_concurrent_tasks: int | None = None,
         todo_tools: bool = True,
+        builtin_tools: bool | None = None,
         subagents: bool = True,
         metrics: Metrics | None = None,
         streams: StreamStore | None = None,
@@ -274,6 +280,11 @@ class AgentLoop(TaskScheduler):
         all_tools = list(tools)
         if todo_tools:
             all_tools.extend(self.todos.tools())
+        if settings.builtin_tools if builtin_tools is None else builtin_tools:
+            from agent_template.services.builtin_tools import builtin_tools as sandboxed
+            from agent_template.services.sandbox import SandboxConfig
+
+            all_tools.extend(sandboxed(SandboxConfig.from_settings(settings)))
         self.agent = Agent(
             instructions,
             tools=all_tools,
@@ -300,6 +311,11 @@ class AgentLoop(TaskScheduler):
         )
         self.approvals.scheduler = self
         self.agent.tools.authorizer = self.approvals
+        from agent_template.services.mcp import McpManager
+
+        self.mcp = McpManager.from_settings(settings)  # no servers without an .mcp.json
+        self._mcp_started = False
+        self._mcp_starting = asyncio.Lock()
         self.subagents: SubagentManager | None = None
         if subagents and settings.subagent_max_depth > 0:
             from agent_template.services.subagent import SubagentManager
@@ -320,6 +336,7 @@ class AgentLoop(TaskScheduler):
                 checkpoint_interval=settings.checkpoint_interval,
                 publisher=self.publisher,
                 approvals=self.approvals,
+                before_turn=self._refresh_tools if self.mcp.servers else None,
             ),
         )
 
@@ -388,9 +405,25 @@ class AgentLoop(TaskScheduler):
         )
         return await self.create_task(task)
 
+    async def _refresh_tools(self) -> None:
+        """Before a model turn: MCP servers started on first use, and the tools of those
+        whose list changed re-listed (no I/O when nothing changed)."""
+        mcp = self.mcp
+        if not self._mcp_started:
+            async with self._mcp_starting:
+                if not self._mcp_started:
+                    await mcp.start()
+                    mcp.sync(self.agent.tools)
+                    self._mcp_started = True
+            return
+        if await mcp.refresh():
+            mcp.sync(self.agent.tools)
+
     async def start(self) -> None:
-        """Run as a service: also recover tasks of dead processes and, with SESSION_TTL,
-        delete idle sessions, periodically until :meth:`stop`."""
+        """Run as a service: connect the MCP servers, and recover tasks of dead processes
+        and, with SESSION_TTL, delete idle sessions, periodically until :meth:`stop`."""
+        if self.mcp.servers:
+            await self._refresh_tools()
         await super().start()
         if self._janitor is None:
             self._janitor = asyncio.create_task(self._housekeeping(), name="session housekeeping")
@@ -407,6 +440,7 @@ class AgentLoop(TaskScheduler):
         """Stop, then release connections: the session store if this loop built it, and the
         model's clients (a model passed in stays usable: its clients reopen on next use)."""
         await self.stop()
+        await self.mcp.aclose()
         if self.subagents is not None:
             await self.subagents.aclose()
         if self._owns_sessions:

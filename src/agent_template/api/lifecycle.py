@@ -67,6 +67,8 @@ async def build_state(
         )
         loop.bus.add_listener(_task_counter(state), types=("task_state",))
         await loop.start()
+        if settings.builtin_tools:
+            await _check_sandbox()
     except BaseException:
         await loop.aclose()
         await cache.aclose()
@@ -76,6 +78,17 @@ async def build_state(
         log.warning(OFFLINE_NOTICE)
     log.info("agent-server ready (model: %s)", describe_model(state))
     return state
+
+
+async def _check_sandbox() -> None:
+    """Measure what the shell tool's sandbox enforces here (once: ``/ready`` shows it) and
+    say plainly what it does not."""
+    from agent_template.services.sandbox import sandbox_report
+
+    report = await asyncio.to_thread(sandbox_report)
+    for line in report.lines():
+        if "NOT" in line:
+            log.warning("sandbox: %s", line)
 
 
 def describe_model(state: ServerState) -> str:

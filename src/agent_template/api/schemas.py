@@ -646,6 +646,10 @@ class ToolOut(BaseModel):
     name: str
     description: str = ""
     parameters: dict[str, Any]
+    source: str = Field(
+        "function",
+        description="Where it comes from: function, builtin, mcp (named server__tool), subagent.",
+    )
 
 
 class ToolPage(Page[ToolOut]):

@@ -86,6 +86,9 @@ class RunConfig:
     # Saves the text of an answer while it streams, at most every checkpoint_interval seconds.
     checkpoint: Callable[[str], Awaitable[None]] | None = None
     checkpoint_interval: float = 1.0
+    # Awaited before each model call (MCP servers whose tool lists changed are re-listed);
+    # the tools' definitions are read again after it.
+    before_turn: Callable[[], Awaitable[None]] | None = None
     # When the run stops while tool calls wait (for a person's approval), the calls for which
     # this says True get no "cancelled" result: they stay open, to be answered on resume.
     keep_pending: Callable[[ToolCall], bool] | None = None
@@ -326,8 +329,12 @@ async def run_events(
     # its last turn instead of a model call.
     pending: list[ToolCall] = state.pending_calls
     state.pending_calls = []
+    before_turn = config.before_turn
     for turn in range(config.max_turns):
         if not pending:
+            if before_turn is not None:
+                await before_turn()
+                definitions = tools.definitions() if tools is not None else ()
             if extra:
                 request = ModelRequest(messages, definitions, config.model, **extra)
             else:

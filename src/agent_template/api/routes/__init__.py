@@ -14,6 +14,7 @@ def include_routers(app: FastAPI) -> None:
     from agent_template.api.routes import (
         approvals,
         health,
+        mcp,
         messages,
         sessions,
         stats,
@@ -28,3 +29,4 @@ def include_routers(app: FastAPI) -> None:
     app.include_router(tasks.router, prefix="/api/v1", tags=["tasks"])
     app.include_router(tools.router, prefix="/api/v1", tags=["tools"])
     app.include_router(approvals.router, prefix="/api/v1", tags=["approvals"])
+    app.include_router(mcp.router, prefix="/api/v1", tags=["mcp"])

@@ -104,6 +104,11 @@ class ReadyOut(BaseModel):
     model: str = Field(description="The model that answers chat turns.")
     version: str
     uptime_s: float
+    sandbox: dict[str, Any] | None = Field(
+        None,
+        description="What the sandbox of the shell tool enforces on this machine "
+        "(`agent-template sandbox check`); null when the built-in tools are off.",
+    )
 
 
 _READY_EXAMPLE = {
@@ -130,6 +135,12 @@ _READY_EXAMPLE = {
     "model": "openai",
     "version": "0.1.0",
     "uptime_s": 42.0,
+    "sandbox": {
+        "filesystem_enforced": True,
+        "landlock_abi": 6,
+        "network_isolation": "enforced: a network namespace of its own",
+        "environment_scrubbed": True,
+    },
 }
 
 
@@ -206,7 +217,16 @@ async def readiness(state: ServerState) -> ReadyOut:
         model=describe_model(state),
         version=__version__,
         uptime_s=round(state.uptime_s, 3),
+        sandbox=_sandbox(state),
     )
+
+
+def _sandbox(state: ServerState) -> dict[str, Any] | None:
+    if not state.settings.builtin_tools:
+        return None
+    from agent_template.services.sandbox import sandbox_report
+
+    return sandbox_report().as_dict()  # measured once, at start-up
 
 
 async def _timed(

@@ -40,11 +40,17 @@ router = APIRouter()
     responses=error_responses(400, 422, examples=CURSOR_ERROR),
 )
 async def list_tools(state: State, user: CurrentUser, paging: Paging) -> ToolPage:
-    definitions = state.loop.agent.tools.definitions()
-    items, cursor = page_of("tools", definitions, paging)
+    tools = state.loop.agent.tools.tools()
+    items, cursor = page_of("tools", tools, paging)
     return ToolPage(
         items=[
-            ToolOut(name=d.name, description=d.description, parameters=d.parameters) for d in items
+            ToolOut(
+                name=t.definition.name,
+                description=t.definition.description,
+                parameters=t.definition.parameters,
+                source=t.source,
+            )
+            for t in items
         ],
         next_cursor=cursor,
     )
