@@ -324,3 +324,52 @@ async def test_the_store_keeps_requests_and_answers_each_once(kind: str, tmp_pat
         assert [a.id for a in pending] == ["ap_1", "ap_2"]
         assert await store.load_approval("nope") is None
         await store.close()
+
+
+async def test_a_session_turns_tools_off_and_layers_its_own_rules(
+    tmp_path: Path, wire_server: WireServer
+) -> None:
+    wire_server.script(Reply(text="Hi."))
+    app = create_app(settings_for(tmp_path, wire_server), tools=[deploy])  # deploy: asked
+    async with (
+        serve(app) as base,
+        websockets.connect(ws_url(base)) as ws,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        first = await chat(ws, "Hello.", session_id="s1")  # creates the session
+        await read_until(ws, of_type("stream_complete", first["task_id"]))
+        script_deploy(wire_server)
+        wire_server.script(Reply(text="No deploy tool here."))
+        wire_server.script(Reply(tool_calls=[("deploy", {"target": "prod"})]), Reply(text="."))
+        # The session allows what the server asks about: it runs without a question.
+        put = await client.put(
+            "/api/v1/sessions/s1/tools", json={"permissions": {"allow": ["deploy"]}}
+        )
+        assert put.status_code == 200, put.text
+        task = await chat(ws, "Ship it.", session_id="s1")
+        frames = await completed(ws, task["task_id"])
+        assert not [f for f in frames if f["type"] == "approval_request"]
+        assert tool_result(frames)["content"] == "deployed to prod"
+        # Off for the session: the model is not offered it.
+        put = await client.put("/api/v1/sessions/s1/tools", json={"disabled": ["deploy"]})
+        body = put.json()
+        assert body["disabled"] == ["deploy"]
+        assert {"name": "deploy", "source": "function", "enabled": False} in body["tools"]
+        task = await chat(ws, "Ship it again.", session_id="s1")
+        await completed(ws, task["task_id"])
+        offered = {(t.get("function") or t)["name"] for t in wire_server.requests[-1].body["tools"]}
+        assert "deploy" not in offered and "shell" in offered
+        # A deny of the session refuses the call, and nobody is asked.
+        await client.put("/api/v1/sessions/s1/tools", json={"permissions": {"deny": ["deploy"]}})
+        task = await chat(ws, "Once more.", session_id="s1")
+        frames = await completed(ws, task["task_id"])
+        result = tool_result(frames)
+        assert result["is_error"] and "refused" in result["content"]
+        assert deployed == ["prod"]
+        # Bad settings are refused with what is wrong.
+        unknown = await client.put("/api/v1/sessions/s1/tools", json={"disabled": ["nope"]})
+        assert unknown.status_code == 422 and "nope" in unknown.json()["error"]["message"]
+        bad = await client.put("/api/v1/sessions/s1/tools", json={"permissions": {"allow": [42]}})
+        assert bad.status_code == 422
+        missing = await client.get("/api/v1/sessions/nope/tools")
+        assert missing.status_code == 404

@@ -6,10 +6,11 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -19,6 +20,8 @@ from tests.server_helpers import serve, server_settings
 
 @dataclass
 class Users:
+    app: ClassVar[Any] = None  # the app of the latest two_users
+
     alice: httpx.AsyncClient
     bob: httpx.AsyncClient
     anonymous: httpx.AsyncClient
@@ -27,6 +30,7 @@ class Users:
 @contextlib.asynccontextmanager
 async def two_users(tmp_path: Path) -> AsyncIterator[Users]:
     app = create_app(server_settings(tmp_path, auth_required=True))
+    Users.app = app
     async with serve(app) as base_url, contextlib.AsyncExitStack() as stack:
         tokens = app.state.server.tokens
         clients = []
@@ -52,6 +56,30 @@ async def alices_objects(alice: httpx.AsyncClient) -> dict[str, str]:
     return {"session": "a1", "task": reply.json()["task_id"]}
 
 
+async def alices_approval(app: Any, task: str) -> str:
+    """A pending approval request of Alice's (as a run of hers would store it)."""
+    from agent_template.services.storage.records import ApprovalRecord
+
+    await app.state.server.loop.approvals.store.insert_approval(
+        ApprovalRecord(
+            id="ap_alice",
+            task_id=task,
+            session_id="a1",
+            user_id="alice",
+            call_id="c1",
+            tool="shell",
+            arguments='{"command": "cat secrets"}',
+            reason="asks",
+            parts="[]",
+            state="pending",
+            message=None,
+            created_at=time.time(),
+            expires_at=time.time() + 600,
+        )
+    )
+    return "ap_alice"
+
+
 def requests_on(session: str, task: str) -> list[tuple[str, str, dict[str, Any] | None]]:
     """Every endpoint that names a session or a task, aimed at these."""
     return [
@@ -69,6 +97,8 @@ def requests_on(session: str, task: str) -> list[tuple[str, str, dict[str, Any] 
         ("DELETE", f"/tasks/{task}", None),
         ("GET", f"/tasks/{task}/stream", None),
         ("GET", f"/tasks/{task}/stream?after_seq=0", None),
+        ("GET", f"/sessions/{session}/tools", None),
+        ("PUT", f"/sessions/{session}/tools", {"disabled": []}),
         ("POST", "/tools/call", {"name": "todo_read", "session_id": session}),
         (
             "POST",
@@ -108,6 +138,21 @@ async def test_another_users_objects_are_not_found(tmp_path: Path) -> None:
                 )
                 compared += 1
         assert compared >= 10
+
+        # Her approval requests: not Bob's to see or to answer, alike for a missing one.
+        approval = await alices_approval(Users.app, mine["task"])
+        assert (await bob.get("/approvals")).json()["items"] == []
+        for method, path, body in (
+            ("GET", f"/approvals/{approval}", None),
+            ("POST", f"/approvals/{approval}", {"decision": "approve"}),
+        ):
+            response = await bob.request(method, path, json=body)
+            assert response.status_code == 404, (method, path, response.text)
+            ghost = await bob.request(method, path.replace(approval, "ap_ghost"), json=body)
+            assert ghost.json()["error"]["code"] == response.json()["error"]["code"]
+        assert [a["approval_id"] for a in (await alice.get("/approvals")).json()["items"]] == [
+            approval
+        ]
 
         # Alice's things are untouched by all of that.
         assert (await alice.get("/sessions/a1")).json() == before

@@ -205,12 +205,14 @@ class Agent:
         user_id: str | None = None,
         model: str | None = None,
         on_messages: Callable[[list[Message]], Awaitable[None]] | None = None,
+        tools: ToolManager | None = None,
     ) -> AgentRun:
         """Start a run and return it; iterate the result for events.
 
         ``on_messages`` is awaited with each batch of new messages (the prompt first) before
         any event reveals them, so a store can commit them first; partial output of a
-        cancelled or failed run is passed too.
+        cancelled or failed run is passed too. ``tools`` replaces the agent's tools for this
+        run (a session's own subset of them).
         """
         messages = self._with_instructions(history)
         start = len(messages)
@@ -222,6 +224,7 @@ class Agent:
             user_id=user_id,
             model=model,
             on_messages=on_messages,
+            tools=tools,
         )
 
     def resume(
@@ -235,6 +238,7 @@ class Agent:
         user_id: str | None = None,
         model: str | None = None,
         on_messages: Callable[[list[Message]], Awaitable[None]] | None = None,
+        tools: ToolManager | None = None,
     ) -> AgentRun:
         """Go on with a run whose history ends with tool calls: ``results`` are the outcomes
         already known of some of them, ``calls`` the ones to run now; then the model goes on.
@@ -252,6 +256,7 @@ class Agent:
             user_id=user_id,
             model=model,
             on_messages=on_messages,
+            tools=tools,
         )
 
     def _with_instructions(self, history: Sequence[Message]) -> list[Message]:
@@ -270,6 +275,7 @@ class Agent:
         user_id: str | None,
         model: str | None,
         on_messages: Callable[[list[Message]], Awaitable[None]] | None,
+        tools: ToolManager | None = None,
     ) -> AgentRun:
         task_id = task_id or _run_id()  # so the events of concurrent runs can be told apart
         config = RunConfig(
@@ -292,8 +298,9 @@ class Agent:
                 self.compressor.prepare, session_id=session_id
             )
             config.on_usage = self.compressor.observe
-        tools = self.tools if len(self.tools) else None
-        return AgentRun(run_events(self.model, tools, state, config), state, config)
+        registry = self.tools if tools is None else tools
+        offered = registry if len(registry) else None
+        return AgentRun(run_events(self.model, offered, state, config), state, config)
 
     def run_stream(self, prompt: str, **kwargs: Any) -> AgentRun:
         """Alias of :meth:`start`, for ``async for event in agent.run_stream(...)``."""

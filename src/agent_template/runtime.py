@@ -20,7 +20,7 @@ from agent_template.agent import Agent
 from agent_template.core.metrics import Metrics, default_metrics
 from agent_template.core.scheduler import TaskScheduler
 from agent_template.core.stream_store import MemoryStreamStore, default_stream_store
-from agent_template.errors import SessionNotFoundError
+from agent_template.errors import AgentTemplateError, SessionNotFoundError
 from agent_template.models import (
     Message,
     SystemMessage,
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from agent_template.core.run_loop import ModelClient
     from agent_template.core.stream_store import StreamStore
     from agent_template.services.subagent import SubagentManager
-    from agent_template.services.tool_manager import ToolLike
+    from agent_template.services.tool_manager import ToolLike, ToolManager
 
 __all__ = ["DEFAULT_INSTRUCTIONS", "AgentLoop", "ChatHandler", "stream_store"]
 
@@ -97,7 +97,9 @@ class ChatHandler:
         session_id = task.session_id
         task_id = task.task_id
         save = checkpoint = None
+        registry = None
         if session_id is not None:
+            registry = await self._session_tools(session_id)
             # The scheduler starts a session's runs one at a time: this is the history the
             # previous run left.
             history = await sessions.get_context(session_id, open_calls=resume)
@@ -127,6 +129,7 @@ class ChatHandler:
                 user_id=task.user_id,
                 model=payload.get("model"),
                 on_messages=save,
+                tools=registry,
             )
         else:
             run = self.agent.start(
@@ -137,6 +140,7 @@ class ChatHandler:
                 user_id=task.user_id,
                 model=payload.get("model"),
                 on_messages=save,
+                tools=registry,
             )
         context = run.config.context
         if self.publisher is not None and isinstance(context, ToolContext):
@@ -149,6 +153,26 @@ class ChatHandler:
             run.config.checkpoint_interval = self.checkpoint_interval
         # The run's own iterator, not a wrapper: one layer less on the streaming path.
         return aiter(run)
+
+    async def _session_tools(self, session_id: str) -> ToolManager | None:
+        """The session's own view of the tools (None: all of them): without those it turned
+        off; its permission rules take effect for this run's calls."""
+        settings = await self.sessions.load_tool_settings(session_id)
+        if self.approvals is not None:
+            try:
+                self.approvals.use_session_settings(session_id, settings)
+            except AgentTemplateError:
+                log.warning("session %s has invalid permission rules", session_id)
+        disabled = set(settings.get("disabled") or ())
+        if not disabled:
+            return None
+        tools = self.agent.tools
+        view = tools.subset(t.name for t in tools.tools() if t.name not in disabled)
+        for tool in view.tools():
+            bound = getattr(tool, "bound", None)  # a subagent tool draws on this view
+            if bound is not None:
+                view.register(bound(view), replace=True)
+        return view
 
     async def _open_calls(
         self, history: list[Any], task_id: str

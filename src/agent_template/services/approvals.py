@@ -47,6 +47,8 @@ log = logging.getLogger("agent_template.approvals")
 Decision = Literal["approve", "deny", "always"]
 ANSWERS: tuple[str, ...] = ("approve", "deny", "always")
 POLL_S = 2.0  # how often a waiting run looks for an answer given to another process
+RULES_TTL_S = 5.0  # a session's own rules, changed in another process, apply within this
+_RULES_KEPT = 10_000  # sessions whose rules are kept in memory at once
 
 
 class ApprovalNotFoundError(AgentTemplateError):
@@ -88,6 +90,7 @@ class ApprovalStore(Protocol):
     async def answer_approval(
         self, approval_id: str, state: str, message: str | None, at: float
     ) -> bool: ...
+    async def load_tool_settings(self, session_id: str) -> dict[str, Any] | None: ...
 
 
 class Parking(Protocol):
@@ -132,6 +135,7 @@ class ApprovalManager:
         self._waiting: dict[str, _Waiter] = {}  # approval id -> the run waiting here
         self._suspended: set[str] = set()  # call ids left open by runs stopped waiting
         self._grants: dict[str, Any] = {}  # session id -> its grants, once loaded
+        self._policies: dict[str, tuple[float, PermissionPolicy]] = {}  # session -> until, policy
 
     # ------------------------------------------------------------------ the authorizer
 
@@ -144,7 +148,8 @@ class ApprovalManager:
         if context is not None:  # a subagent has no session: its grants are its parent's
             session_id = context.session_id or context.extra.get("parent_session_id")
         grants = await self._session_grants(session_id) if session_id else None
-        decision = self.policy.decide(tool.name, arguments, source=tool.source, session=grants)
+        policy = await self._policy_for(session_id) if session_id else self.policy
+        decision = policy.decide(tool.name, arguments, source=tool.source, session=grants)
         if decision.action == "allow":
             return None
         if decision.action == "deny":
@@ -264,6 +269,34 @@ class ApprovalManager:
                 grants.grant(record.tool, json.loads(record.parts))
             self._grants[session_id] = grants
         return grants
+
+    def use_session_settings(self, session_id: str, settings: dict[str, Any] | None) -> None:
+        """Apply a session's tool settings (its ``permissions`` rules) from now on, here.
+
+        Raises:
+            PermissionConfigError: the rules are not valid (nothing changes then).
+        """
+        rules = (settings or {}).get("permissions")
+        policy = (
+            self.policy.merged(rules, origin=f"the rules of session '{session_id}'")
+            if rules
+            else self.policy
+        )
+        if len(self._policies) >= _RULES_KEPT:
+            self._policies.clear()
+        self._policies[session_id] = (time.monotonic() + RULES_TTL_S, policy)
+
+    async def _policy_for(self, session_id: str) -> PermissionPolicy:
+        kept = self._policies.get(session_id)
+        if kept is not None and kept[0] > time.monotonic():
+            return kept[1]
+        settings = await self.store.load_tool_settings(session_id)
+        try:
+            self.use_session_settings(session_id, settings)
+        except AgentTemplateError:  # stored before a rule became invalid: the strictest way
+            log.warning("session %s has invalid permission rules; asking instead", session_id)
+            return self.policy.merged({"default": "ask"})
+        return self._policies[session_id][1]
 
     # ------------------------------------------------------------------ answers
 

@@ -69,6 +69,10 @@ class SessionStore(Protocol):
     async def load_todos(self, session_id: str) -> list[TodoRecord]: ...
     async def save_compaction(self, session_id: str, state: dict[str, Any] | None) -> None: ...
     async def load_compaction(self, session_id: str) -> dict[str, Any] | None: ...
+    async def save_tool_settings(
+        self, session_id: str, settings: dict[str, Any] | None
+    ) -> None: ...
+    async def load_tool_settings(self, session_id: str) -> dict[str, Any] | None: ...
     async def acquire_run(
         self, session_id: str, task_id: str, until: float, *, kinds: Sequence[str] = ...
     ) -> bool: ...
@@ -330,6 +334,23 @@ class SessionManager:
     async def recover(self) -> list[str]:
         """Mark tasks left running by a dead process ``interrupted``; returns their ids."""
         return await (await self._ready()).recover()
+
+    async def load_tool_settings(
+        self, session_id: str, *, user_id: str | None = None
+    ) -> dict[str, Any]:
+        """The session's own tool settings: ``disabled`` (tool names the model does not get
+        in this session) and ``permissions`` (rules layered over the global policy).
+        Raises SessionNotFoundError (also for another user's)."""
+        if user_id is not None:
+            await self.get_session(session_id, user_id=user_id)
+        return await (await self._ready()).load_tool_settings(session_id) or {}
+
+    async def save_tool_settings(
+        self, session_id: str, settings: dict[str, Any], *, user_id: str | None = None
+    ) -> None:
+        """Replace the session's tool settings. Raises SessionNotFoundError."""
+        await self.get_session(session_id, user_id=user_id)
+        await (await self._ready()).save_tool_settings(session_id, settings)
 
     async def load_compaction(self, session_id: str) -> dict[str, Any] | None:
         """The context compressor's saved state for the session (its standing summary)."""

@@ -1,4 +1,4 @@
-"""Sessions: ``/api/v1/sessions``, their messages and their todo list.
+"""Sessions: ``/api/v1/sessions``, their messages, their todo list and their tool settings.
 
 A caller sees only their own sessions: another user's session answers 404, exactly like one
 that does not exist.
@@ -6,9 +6,10 @@ that does not exist.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent_template.api.deps import CurrentUser, State
 from agent_template.api.schemas import (
@@ -29,6 +30,7 @@ from agent_template.api.schemas import (
     invalid_cursor,
     page_of,
 )
+from agent_template.errors import AgentTemplateError
 
 __all__ = ["router"]
 
@@ -146,3 +148,104 @@ async def list_todos(
     return TodoPage(
         items=[TodoOut(content=r.content, status=r.status) for r in items], next_cursor=cursor
     )
+
+
+# ----------------------------------------------------------------------------- tools
+
+
+class SessionTools(BaseModel):
+    """A session's own tool settings: tools turned off for it, and permission rules layered
+    over the server's policy (the shape of ``PERMISSIONS_CONFIG``: ``allow``, ``ask``,
+    ``deny``, ``default``). The server's deny rules always win."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "disabled": ["write_file", "edit_file"],
+                "permissions": {"allow": ["shell(pytest *)"], "deny": ["shell(git push*)"]},
+            }
+        },
+    )
+
+    disabled: list[str] = Field(default_factory=list, max_length=1000)
+    permissions: dict[str, Any] | None = None
+
+
+class SessionToolState(BaseModel):
+    name: str
+    source: str
+    enabled: bool
+
+
+class SessionToolsOut(SessionTools):
+    model_config = ConfigDict(extra="forbid")
+
+    tools: list[SessionToolState] = Field(description="Every tool, and whether it is on here.")
+
+
+def _tools_out(state: Any, settings: dict[str, Any]) -> SessionToolsOut:
+    disabled = list(settings.get("disabled") or [])
+    off = set(disabled)
+    return SessionToolsOut(
+        disabled=disabled,
+        permissions=settings.get("permissions"),
+        tools=[
+            SessionToolState(name=t.name, source=t.source, enabled=t.name not in off)
+            for t in state.loop.agent.tools.tools()
+        ],
+    )
+
+
+@router.get(
+    "/sessions/{session_id}/tools",
+    summary="Show a session's tools and its own permission rules",
+    responses=error_responses(404, 422),
+)
+async def get_session_tools(
+    session_id: SessionPath, state: State, user: CurrentUser
+) -> SessionToolsOut:
+    settings = await state.sessions.load_tool_settings(session_id, user_id=user)
+    return _tools_out(state, settings)
+
+
+@router.put(
+    "/sessions/{session_id}/tools",
+    summary="Turn tools off for a session, and set its own permission rules",
+    description=(
+        "Replaces the session's tool settings; the next turn uses them. A name that is not a "
+        "tool, or a rule that is not valid, is a 422 naming it."
+    ),
+    responses=error_responses(404, *BODY_ERRORS),
+)
+async def put_session_tools(
+    session_id: SessionPath, body: SessionTools, state: State, user: CurrentUser
+) -> SessionToolsOut:
+    from agent_template.api.errors import ApiError
+
+    await state.sessions.get_session(session_id, user_id=user)  # 404 first
+    known = {t.name for t in state.loop.agent.tools.tools()}
+    unknown = sorted(set(body.disabled) - known)
+    if unknown:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"Not tools of this server: {', '.join(unknown)}. See GET /api/v1/tools.",
+            {"errors": [{"field": "disabled", "problem": f"unknown tool {n!r}"} for n in unknown]},
+        )
+    settings: dict[str, Any] = {}
+    if body.disabled:
+        settings["disabled"] = sorted(set(body.disabled))
+    if body.permissions:
+        settings["permissions"] = body.permissions
+    try:
+        state.loop.approvals.use_session_settings(session_id, settings)
+    except AgentTemplateError as exc:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"Invalid permissions: {exc}",
+            {"errors": [{"field": "permissions", "problem": str(exc)}]},
+        ) from None
+    await state.sessions.save_tool_settings(session_id, settings, user_id=user)
+    return _tools_out(state, settings)

@@ -29,6 +29,7 @@ class MemorySessionStore:
         self._compaction: dict[str, dict[str, Any] | None] = {}
         self._runs: dict[str, tuple[str, float]] = {}  # session id -> (holder task, until)
         self._approvals: dict[str, ApprovalRecord] = {}
+        self._tool_settings: dict[str, dict[str, Any] | None] = {}
 
     async def open(self) -> None:
         return None
@@ -214,6 +215,12 @@ class MemorySessionStore:
 
     async def save_compaction(self, session_id: str, state: dict[str, Any] | None) -> None:
         self._compaction[session_id] = state
+
+    async def save_tool_settings(self, session_id: str, settings: dict[str, Any] | None) -> None:
+        self._tool_settings[session_id] = settings or None
+
+    async def load_tool_settings(self, session_id: str) -> dict[str, Any] | None:
+        return self._tool_settings.get(session_id)
 
     async def load_compaction(self, session_id: str) -> dict[str, Any] | None:
         return self._compaction.get(session_id)

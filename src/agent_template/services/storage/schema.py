@@ -43,6 +43,8 @@ sessions = Table(
     Column("last_active_at", Float, nullable=False),
     Column("message_count", Integer, nullable=False, default=0),
     Column("compaction", Text),  # the context compressor's state, JSON
+    # The session's own tool settings, JSON: tools turned off, permission rules.
+    Column("tool_settings", Text),
     # The run lease: the task whose run (chat turn) works on the session now, the process
     # that holds it for that task, and until when; all NULL while the session is free.
     Column("run_holder", String(64)),

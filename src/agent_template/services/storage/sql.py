@@ -306,6 +306,21 @@ class SQLStore(MessageLog, TaskLeases, ApiTokens, Approvals):
                 .values(compaction=None if state is None else json.dumps(state))
             )
 
+    async def save_tool_settings(self, session_id: str, settings: dict[str, Any] | None) -> None:
+        async with self._tx(write=True) as conn:
+            await conn.execute(
+                update(s.sessions)
+                .where(s.sessions.c.id == session_id)
+                .values(tool_settings=None if not settings else json.dumps(settings))
+            )
+
+    async def load_tool_settings(self, session_id: str) -> dict[str, Any] | None:
+        async with self._tx() as conn:
+            value = await conn.scalar(
+                select(s.sessions.c.tool_settings).where(s.sessions.c.id == session_id)
+            )
+        return json.loads(value) if value else None
+
     async def integrity_check(self) -> list[str]:
         """Problems found in the stored data (empty when consistent)."""
         from agent_template.services.storage.checks import find_problems

@@ -1,4 +1,4 @@
-"""Approval requests of tool calls: the ``approvals`` table.
+"""Approval requests of tool calls (the ``approvals`` table) and sessions' own tool settings.
 
 Revision ID: 0005
 Revises: 0004
@@ -37,9 +37,12 @@ def upgrade() -> None:
     op.create_index("ix_approvals_task_id", "approvals", ["task_id"])
     op.create_index("ix_approvals_user_id_state", "approvals", ["user_id", "state"])
     op.create_index("ix_approvals_session_id_state", "approvals", ["session_id", "state"])
+    op.add_column("sessions", sa.Column("tool_settings", sa.Text))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("sessions") as batch:
+        batch.drop_column("tool_settings")
     op.drop_index("ix_approvals_session_id_state", table_name="approvals")
     op.drop_index("ix_approvals_user_id_state", table_name="approvals")
     op.drop_index("ix_approvals_task_id", table_name="approvals")
