@@ -161,3 +161,47 @@ async def test_the_server_lists_mcp_servers_and_their_tools(tmp_path: Path) -> N
         assert sources["shell"] == "builtin" and sources["subagent"] == "subagent"
         assert (await client.get("/api/v1/mcp/prompts")).status_code == 200
         assert (await client.get("/api/v1/mcp/resources")).status_code == 200
+
+
+async def test_an_mcp_servers_question_reaches_the_user_and_the_answer_goes_back(
+    wire_server: WireServer, tmp_path: Path
+) -> None:
+    import websockets
+
+    from agent_template.api.app import create_app
+    from tests.server_helpers import serve
+    from tests.test_server_ws import chat, of_type, read_until, wire_settings, ws_url
+
+    demo = Path(__file__).parent / "mcp_servers" / "demo.py"
+    (tmp_path / ".mcp.json").write_text(
+        json.dumps({"mcpServers": {"demo": {"command": sys.executable, "args": [str(demo)]}}})
+    )
+    (tmp_path / "permissions.json").write_text(json.dumps({"allow": ["demo__*"]}))
+    wire_server.script(Reply(tool_calls=[("demo__ask", {})]), Reply(text="Greeted."))
+    settings = wire_settings(
+        tmp_path,
+        wire_server,
+        mcp_config=tmp_path / ".mcp.json",
+        permissions_config=tmp_path / "permissions.json",
+    )
+    app = create_app(settings)
+    async with serve(app) as base, websockets.connect(ws_url(base)) as ws:
+        task = await chat(ws, "Greet me.", session_id="s1")
+        request = (await read_until(ws, of_type("approval_request")))[-1]["data"]
+        assert request["kind"] == "question" and request["tool"] == "demo"
+        assert request["reason"] == "What is your name?"
+        assert "name" in request["requested_schema"]["properties"]
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "approve",
+                    "approval_id": request["approval_id"],
+                    "decision": "approve",
+                    "content": {"name": "Ada"},
+                }
+            )
+        )
+        frames = await read_until(ws, of_type("stream_complete", task["task_id"]))
+        result = next(f for f in frames if f["type"] == "tool_result")["data"]
+        assert result["content"] == "hello Ada"
+        assert frames[-1]["data"]["status"] == "completed"

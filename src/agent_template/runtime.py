@@ -192,7 +192,7 @@ class ChatHandler:
             answered = {
                 r.call_id
                 for r in await self.approvals.store.find_approvals(task_id=task_id)
-                if r.state != "pending"
+                if r.state != "pending" and r.kind == "tool_call"
             }
         results = [
             ToolResultMessage(
@@ -337,7 +337,8 @@ class AgentLoop(TaskScheduler):
         self.agent.tools.authorizer = self.approvals
         from agent_template.services.mcp import McpManager
 
-        self.mcp = McpManager.from_settings(settings)  # no servers without an .mcp.json
+        # No servers without an .mcp.json; their questions to the user go as approvals do.
+        self.mcp = McpManager.from_settings(settings, on_elicit=self.approvals.elicit)
         self._mcp_started = False
         self._mcp_starting = asyncio.Lock()
         self.subagents: SubagentManager | None = None

@@ -269,6 +269,7 @@ class ApproveMessage(_Message):
     approval_id: str = Field(min_length=1, max_length=64)
     decision: Literal["approve", "deny", "always"]
     message: str | None = Field(None, max_length=2000)
+    content: dict[str, Any] | None = None  # the answer to a question (an MCP server's)
 
 
 ClientMessage: TypeAlias = Annotated[

@@ -612,7 +612,11 @@ class Connection:
         from agent_template.api.routes.approvals import ApprovalOut
 
         record = await self.state.loop.approvals.answer(
-            message.approval_id, message.decision, user_id=self.user_id, message=message.message
+            message.approval_id,
+            message.decision,
+            user_id=self.user_id,
+            message=message.message,
+            content=message.content,
         )
         self._reply(
             "approval_answered",

@@ -141,6 +141,10 @@ class ApprovalRequested(BaseModel):
 
     ``parts`` are the commands of a shell call that need the answer (its other commands are
     allowed already); ``expires_at`` (seconds since the epoch) is when no answer means deny.
+
+    ``kind`` ``question``: an MCP server asks the user something during the call (``reason``
+    is its question): approve with ``content`` fitting ``requested_schema`` (or, with a
+    ``url``, once done there), deny to decline.
     """
 
     type: Literal["approval_request"] = "approval_request"
@@ -151,6 +155,9 @@ class ApprovalRequested(BaseModel):
     reason: str = ""
     parts: list[str] = Field(default_factory=list)
     expires_at: float | None = None
+    kind: Literal["tool_call", "question"] = "tool_call"
+    requested_schema: dict[str, Any] | None = None
+    url: str | None = None
 
 
 class ApprovalResolved(BaseModel):

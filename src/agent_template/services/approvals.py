@@ -32,6 +32,7 @@ from agent_template.models import ApprovalRequested, ApprovalResolved, ToolCall,
 from agent_template.services.storage.records import ApprovalRecord
 
 if TYPE_CHECKING:
+    from agent_template.services.mcp.models import ElicitationAnswer, ElicitationRequest
     from agent_template.services.permissions import PermissionPolicy
     from agent_template.services.tool_manager import Tool
 
@@ -88,7 +89,12 @@ class ApprovalStore(Protocol):
         limit: int = 1000,
     ) -> list[ApprovalRecord]: ...
     async def answer_approval(
-        self, approval_id: str, state: str, message: str | None, at: float
+        self,
+        approval_id: str,
+        state: str,
+        message: str | None,
+        at: float,
+        content: str | None = None,
     ) -> bool: ...
     async def load_tool_settings(self, session_id: str) -> dict[str, Any] | None: ...
 
@@ -101,10 +107,14 @@ class Parking(Protocol):
     def suspending(self, task_id: str) -> bool: ...
 
 
+# An answer: the decision, the note for the model, and a question's content (JSON).
+_Answer = tuple[str, str | None, str | None]
+
+
 @dataclass(slots=True)
 class _Waiter:
     record: ApprovalRecord
-    answered: asyncio.Future[tuple[str, str | None]]
+    answered: asyncio.Future[_Answer]
 
 
 class ApprovalManager:
@@ -210,7 +220,7 @@ class ApprovalManager:
             )
         )
         try:
-            state, message = await self._await_answer(waiter)
+            state, message, _ = await self._await_answer(waiter)
         except asyncio.CancelledError:
             if scheduler is not None and scheduler.suspending(context.task_id):
                 self._suspended.add(call.id)  # stays pending in the store, for a resume
@@ -231,7 +241,7 @@ class ApprovalManager:
         )
         return _verdict(state, message, self.timeout_s)
 
-    async def _await_answer(self, waiter: _Waiter) -> tuple[str, str | None]:
+    async def _await_answer(self, waiter: _Waiter) -> _Answer:
         """The answer given here, or found in the store (given to another process), or
         ``timeout`` once the request expires."""
         record = waiter.record
@@ -239,21 +249,25 @@ class ApprovalManager:
             left = record.expires_at - time.time()
             if left <= 0:
                 if await self.store.answer_approval(record.id, "timeout", None, time.time()):
-                    return "timeout", None
+                    return "timeout", None, None
                 stored = await self.store.load_approval(record.id)  # answered just before
                 if stored is not None and stored.state != "pending":
-                    return stored.state, stored.message
-                return "timeout", None
+                    return stored.state, stored.message, stored.content
+                return "timeout", None, None
             try:
                 return await asyncio.wait_for(asyncio.shield(waiter.answered), min(left, POLL_S))
             except TimeoutError:
                 stored = await self.store.load_approval(record.id)
                 if stored is not None and stored.state != "pending":
-                    return stored.state, stored.message
+                    return stored.state, stored.message, stored.content
 
     async def _answer_given(self, task_id: str, call_id: str) -> ApprovalRecord | None:
         for record in await self.store.find_approvals(task_id=task_id):
-            if record.call_id == call_id and record.state != "pending":
+            if (
+                record.call_id == call_id
+                and record.state != "pending"
+                and record.kind != "question"
+            ):
                 return record
         return None
 
@@ -269,6 +283,70 @@ class ApprovalManager:
                 grants.grant(record.tool, json.loads(record.parts))
             self._grants[session_id] = grants
         return grants
+
+    async def elicit(self, request: ElicitationRequest) -> ElicitationAnswer:
+        """Put an MCP server's question (elicitation) to the user of the run whose call it
+        belongs to, like an approval: the answer's ``content`` is the reply. Declined when
+        no run can ask anyone; cancelled when nobody answers in time."""
+        from agent_template.services.mcp.models import ElicitationAnswer
+
+        context = request.context
+        if context is None or context.emit is None or context.task_id is None:
+            log.info(
+                "MCP server %r asked %r with nobody to answer; declined",
+                request.server,
+                request.message,
+            )
+            return ElicitationAnswer("decline")
+        now = time.time()
+        asked = {"schema": request.requested_schema, "url": request.url}
+        record = ApprovalRecord(
+            id=f"ap_{uuid.uuid4().hex[:20]}",
+            task_id=context.task_id,
+            session_id=context.session_id or context.extra.get("parent_session_id"),
+            user_id=context.user_id or "default",
+            call_id=context.call_id,
+            tool=request.server,
+            arguments=json.dumps(asked),
+            reason=request.message,
+            parts="[]",
+            state="pending",
+            message=None,
+            created_at=now,
+            expires_at=now + self.timeout_s,
+            kind="question",
+        )
+        await self.store.insert_approval(record)
+        waiter = _Waiter(record, asyncio.get_running_loop().create_future())
+        self._waiting[record.id] = waiter
+        context.emit(
+            ApprovalRequested(
+                approval_id=record.id,
+                call_id=context.call_id,
+                tool=request.server,
+                arguments=record.arguments,
+                reason=request.message,
+                expires_at=record.expires_at,
+                kind="question",
+                requested_schema=request.requested_schema,
+                url=request.url,
+            )
+        )
+        try:
+            state, message, content = await self._await_answer(waiter)
+        finally:
+            self._waiting.pop(record.id, None)
+        context.emit(
+            ApprovalResolved(
+                approval_id=record.id,
+                call_id=context.call_id,
+                decision=state,  # type: ignore[arg-type]
+                message=message or "",
+            )
+        )
+        if state in ("approve", "always"):
+            return ElicitationAnswer("accept", json.loads(content) if content else {})
+        return ElicitationAnswer("cancel" if state == "timeout" else "decline")
 
     def use_session_settings(self, session_id: str, settings: dict[str, Any] | None) -> None:
         """Apply a session's tool settings (its ``permissions`` rules) from now on, here.
@@ -307,8 +385,10 @@ class ApprovalManager:
         *,
         user_id: str | None = None,
         message: str | None = None,
+        content: dict[str, Any] | None = None,
     ) -> ApprovalRecord:
-        """Answer a pending request (``approve``, ``deny`` or ``always``) for its user.
+        """Answer a pending request (``approve``, ``deny`` or ``always``) for its user;
+        ``content`` answers a question (``kind`` ``question``) that is approved.
 
         The run waiting for it goes on at once; a run that stopped while waiting (the server
         restarted) is resumed.
@@ -330,16 +410,24 @@ class ApprovalManager:
             await self._resume_if_stopped(record)
         if record.state != "pending":
             raise ApprovalAlreadyAnsweredError(record)
-        if not await self.store.answer_approval(record.id, decision, message, time.time()):
+        question = record.kind == "question"
+        if question and record.id not in self._waiting:
+            # The server's question died with the process that was asked it.
+            await self.store.answer_approval(record.id, "timeout", None, time.time())
+            record.state = "timeout"
+            raise ApprovalAlreadyAnsweredError(record)
+        encoded = json.dumps(content) if question and content is not None else None
+        if not await self.store.answer_approval(record.id, decision, message, time.time(), encoded):
             raise ApprovalAlreadyAnsweredError(
                 await self.store.load_approval(approval_id) or record
             )
         record.state, record.message, record.answered_at = decision, message, time.time()
-        if decision == "always":
+        record.content = encoded
+        if decision == "always" and not question:
             self._grants.pop(record.session_id or "", None)
         waiter = self._waiting.get(record.id)
         if waiter is not None and not waiter.answered.done():
-            waiter.answered.set_result((decision, message))
+            waiter.answered.set_result((decision, message, encoded))
         else:
             await self._resume_if_stopped(record)
         return record
@@ -347,7 +435,7 @@ class ApprovalManager:
     async def _resume_if_stopped(self, record: ApprovalRecord) -> None:
         """Resume the run of an answered request once none of its requests is pending,
         unless a process (this one or another) is still waiting in it."""
-        if record.id in self._waiting or self.resume is None:
+        if record.id in self._waiting or self.resume is None or record.kind == "question":
             return
         others = await self.store.find_approvals(task_id=record.task_id, states=("pending",))
         if others:

@@ -67,6 +67,13 @@ class ApprovalOut(BaseModel):
     parts: list[str] = Field(description="The commands of a shell call that need the answer.")
     state: Literal["pending", "approve", "deny", "always", "timeout"]
     message: str | None = None
+    kind: Literal["tool_call", "question"] = Field(
+        "tool_call",
+        description="question: an MCP server asks the user during the call (`reason` is the "
+        "question, `arguments` holds the `schema` of the answer or a `url`); approve with "
+        "`content`, deny to decline.",
+    )
+    content: dict[str, object] | None = Field(None, description="A question's answer.")
     created_at: float
     expires_at: float = Field(description="When no answer counts as a denial.")
     answered_at: float | None = None
@@ -90,6 +97,8 @@ class ApprovalOut(BaseModel):
             parts=json.loads(record.parts or "[]"),
             state=record.state,  # type: ignore[arg-type]
             message=record.message,
+            kind=record.kind,  # type: ignore[arg-type]
+            content=json.loads(record.content) if record.content else None,
             created_at=record.created_at,
             expires_at=record.expires_at,
             answered_at=record.answered_at,
@@ -111,6 +120,9 @@ class ApprovalAnswer(BaseModel):
     decision: Literal["approve", "deny", "always"]
     message: str | None = Field(
         None, max_length=2000, description="A note the model reads with the answer."
+    )
+    content: dict[str, object] | None = Field(
+        None, description="The answer to a question (`kind` question), fitting its schema."
     )
 
 
@@ -159,6 +171,6 @@ async def answer_approval(
     approval_id: ApprovalPath, body: ApprovalAnswer, state: State, user: CurrentUser
 ) -> ApprovalOut:
     record = await state.loop.approvals.answer(
-        approval_id, body.decision, user_id=user, message=body.message
+        approval_id, body.decision, user_id=user, message=body.message, content=body.content
     )
     return ApprovalOut.of(record)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import mcp.types as mt
 
+from agent_template.models import ToolContext
 from agent_template.services.mcp.models import ElicitationHandler, ElicitationRequest
 
 if TYPE_CHECKING:
@@ -90,16 +91,23 @@ async def list_prompts(client: Client) -> list[mt.Prompt]:
 
 
 async def answer_elicitation(
-    server: str, handler: ElicitationHandler | None, params: mt.ElicitRequestParams
+    server: str,
+    handler: ElicitationHandler | None,
+    params: mt.ElicitRequestParams,
+    context: ToolContext | None = None,
 ) -> mt.ElicitResult:
     """The answer to a server's question for the user; declined when nobody can answer.
 
     A failing handler cancels the question rather than failing the server's call.
     """
     if isinstance(params, mt.ElicitRequestURLParams):
-        request = ElicitationRequest(server, params.message, mode="url", url=params.url)
+        request = ElicitationRequest(
+            server, params.message, mode="url", url=params.url, context=context
+        )
     else:
-        request = ElicitationRequest(server, params.message, dict(params.requested_schema))
+        request = ElicitationRequest(
+            server, params.message, dict(params.requested_schema), context=context
+        )
     if handler is None:
         _log.info(
             "MCP server %r asked the user %r; declined, as nobody is there to answer",

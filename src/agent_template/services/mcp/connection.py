@@ -24,7 +24,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
 
 from agent_template.errors import ToolArgumentsError
-from agent_template.models import ContentPart
+from agent_template.models import ContentPart, ToolContext
 from agent_template.services.mcp import _sdk
 from agent_template.services.mcp._convert import tool_result
 from agent_template.services.mcp._transports import open_transport
@@ -90,6 +90,7 @@ class McpConnection:
         self.tools_version = 0  # bumped whenever ``tools`` is replaced
         self.needs_relist = False  # the server said its tools changed
         self._on_elicit = on_elicit
+        self._calls: list[ToolContext] = []  # contexts of the tool calls running now
         self._on_change = on_change
         self._restart_base = restart_base
         self._restart_max = restart_max
@@ -312,7 +313,8 @@ class McpConnection:
     async def _answer_elicitation(
         self, context: ClientRequestContext, params: mt.ElicitRequestParams
     ) -> mt.ElicitResult | mt.ErrorData:
-        return await _sdk.answer_elicitation(self.name, self._on_elicit, params)
+        latest = self._calls[-1] if self._calls else None
+        return await _sdk.answer_elicitation(self.name, self._on_elicit, params, latest)
 
     # ------------------------------------------------------------------ use
 
@@ -332,9 +334,15 @@ class McpConnection:
         self.tools_version += 1
 
     async def call_tool(
-        self, tool: str, arguments: dict[str, Any], *, as_name: str
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        as_name: str,
+        context: ToolContext | None = None,
     ) -> str | list[ContentPart]:
-        """Call ``tool`` and map its result (see ``_convert``).
+        """Call ``tool`` and map its result (see ``_convert``). While it runs, a question
+        the server asks the user (elicitation) is put to ``context``'s run.
 
         Raises:
             McpToolError: the tool answered with an error (its text), or an invalid result.
@@ -342,6 +350,8 @@ class McpConnection:
             ToolArgumentsError: the server refused the arguments.
         """
         client = await self._ready_client(as_name)
+        if context is not None:
+            self._calls.append(context)
         try:
             result = await client.call_tool(tool, arguments)
         except MCPError as exc:
@@ -352,6 +362,9 @@ class McpConnection:
             ) from None
         except RuntimeError as exc:  # the SDK's check of structured content against its schema
             raise McpToolError(as_name, self.name, str(exc)) from None
+        finally:
+            if context is not None:
+                self._calls.remove(context)
         return tool_result(result, tool=as_name, server=self.name)
 
     async def request(self, what: str, job: Any) -> Any:

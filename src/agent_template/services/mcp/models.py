@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, TypeAlias
 
-from agent_template.models import AssistantMessage, UserMessage
+from agent_template.models import AssistantMessage, ToolContext, UserMessage
 
 __all__ = [
     "ElicitationAnswer",
@@ -70,6 +70,8 @@ class ElicitationRequest:
             enums); None in ``url`` mode.
         mode: ``form`` (answer in ``content``) or ``url`` (the user visits ``url``).
         url: where to send the user in ``url`` mode.
+        context: the tool call of ours the question most likely belongs to (the latest call
+            to that server still running), whose run can put the question to its user.
     """
 
     server: str
@@ -77,6 +79,7 @@ class ElicitationRequest:
     requested_schema: dict[str, Any] | None = None
     mode: Literal["form", "url"] = "form"
     url: str | None = None
+    context: ToolContext | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,12 @@ class ToolCaller(Protocol):
     """What runs a tool's calls: its server's connection."""
 
     async def call_tool(
-        self, tool: str, arguments: dict[str, Any], *, as_name: str
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        as_name: str,
+        context: ToolContext | None = None,
     ) -> str | list[ContentPart]: ...
 
 
@@ -92,7 +97,7 @@ class McpTool(Tool):
 
     async def __call__(self, arguments: str, context: ToolContext | None = None) -> Any:
         return await self._caller.call_tool(
-            self.tool_name, self.parse_arguments(arguments), as_name=self.name
+            self.tool_name, self.parse_arguments(arguments), as_name=self.name, context=context
         )
 
     @property

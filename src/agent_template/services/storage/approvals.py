@@ -77,7 +77,12 @@ class Approvals:
         return [_record(row) for row in rows]
 
     async def answer_approval(
-        self, approval_id: str, state: str, message: str | None, at: float
+        self,
+        approval_id: str,
+        state: str,
+        message: str | None,
+        at: float,
+        content: str | None = None,
     ) -> bool:
         """Record the answer if the request is still pending.
 
@@ -89,6 +94,6 @@ class Approvals:
             done = await conn.execute(
                 update(a)
                 .where(and_(a.c.id == approval_id, a.c.state == "pending"))
-                .values(state=state, message=message, answered_at=at)
+                .values(state=state, message=message, answered_at=at, content=content)
             )
         return bool(done.rowcount == 1)

@@ -254,10 +254,16 @@ class MemorySessionStore:
         return found[:limit]
 
     async def answer_approval(
-        self, approval_id: str, state: str, message: str | None, at: float
+        self,
+        approval_id: str,
+        state: str,
+        message: str | None,
+        at: float,
+        content: str | None = None,
     ) -> bool:
         record = self._approvals.get(approval_id)
         if record is None or record.state != "pending":
             return False
         record.state, record.message, record.answered_at = state, message, at
+        record.content = content
         return True

@@ -73,6 +73,8 @@ class ApprovalRecord:
     created_at: float
     expires_at: float
     answered_at: float | None = None
+    kind: str = "tool_call"  # or "question": an MCP server's question to the user
+    content: str | None = None  # the answer to a question, JSON
 
     def as_row(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}

@@ -156,6 +156,10 @@ approvals = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("answered_at", Float),
+    # "tool_call", or "question": an MCP server's question to the user (elicitation), whose
+    # answer is ``content`` (JSON); ``arguments`` then holds what it asks for.
+    Column("kind", String(16), nullable=False, default="tool_call"),
+    Column("content", Text),
 )
 Index("ix_approvals_task_id", approvals.c.task_id)
 Index("ix_approvals_user_id_state", approvals.c.user_id, approvals.c.state)

@@ -32,6 +32,8 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("expires_at", sa.Float, nullable=False),
         sa.Column("answered_at", sa.Float),
+        sa.Column("kind", sa.String(16), nullable=False, server_default="tool_call"),
+        sa.Column("content", sa.Text),
         sa.PrimaryKeyConstraint("id", name="pk_approvals"),
     )
     op.create_index("ix_approvals_task_id", "approvals", ["task_id"])
