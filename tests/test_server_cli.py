@@ -176,3 +176,57 @@ async def test_sigterm_mid_stream_stores_the_partial_answer_and_closes_with_1012
         assert tasks[-1].state in ("interrupted", "cancelled")
     finally:
         await manager.close()
+
+
+async def test_an_approval_pending_when_the_process_stops_completes_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The real process: SIGTERM while a call waits for approval, a new process on the same
+    database, the answer over REST, and the run completes from that call."""
+    from websockets.asyncio.client import connect
+
+    (tmp_path / "permissions.json").write_text(json.dumps({"ask": ["todo_write"]}))
+    env = server_env(tmp_path, PERMISSIONS_CONFIG=str(tmp_path / "permissions.json"))
+    plan = {"todos": [{"content": "Survive a restart", "status": "pending"}]}
+    port = free_port()
+    child = agent_server("--port", str(port), env=env, cwd=tmp_path)
+    try:
+        await asyncio.to_thread(wait_ready, port, child)
+        async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            chat = {"type": "chat", "content": f"call todo_write {json.dumps(plan)}"}
+            await ws.send(json.dumps({**chat, "session_id": "durable"}))
+            async for raw in ws:
+                frame = json.loads(raw)
+                if frame["type"] == "approval_request":
+                    approval, task_id = frame["data"]["approval_id"], frame["task_id"]
+                    break
+        child.send_signal(signal.SIGTERM)
+        _, err = await asyncio.to_thread(child.communicate, timeout=30)
+        assert "Traceback" not in err
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    port = free_port()
+    again = agent_server("--port", str(port), env=env, cwd=tmp_path)
+    try:
+        await asyncio.to_thread(wait_ready, port, again)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/api/v1") as client:
+            pending = (await client.get("/approvals")).json()["items"]
+            assert [a["approval_id"] for a in pending] == [approval]
+            assert (await client.get("/sessions/durable/todos")).json()["items"] == []
+            answer = await client.post(f"/approvals/{approval}", json={"decision": "approve"})
+            assert answer.status_code == 200, answer.text
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                task = (await client.get(f"/tasks/{task_id}")).json()
+                if task.get("state") in ("completed", "failed", "cancelled", "interrupted"):
+                    break
+                await asyncio.sleep(0.05)
+            assert task["state"] == "completed", task
+            todos = (await client.get("/sessions/durable/todos")).json()["items"]
+            assert [t["content"] for t in todos] == ["Survive a restart"]
+    finally:
+        again.send_signal(signal.SIGTERM)
+        _, err = await asyncio.to_thread(again.communicate, timeout=30)
+    assert "Traceback" not in err

@@ -205,3 +205,37 @@ async def test_an_mcp_servers_question_reaches_the_user_and_the_answer_goes_back
         result = next(f for f in frames if f["type"] == "tool_result")["data"]
         assert result["content"] == "hello Ada"
         assert frames[-1]["data"]["status"] == "completed"
+
+
+def test_at_a_terminal_the_user_approves_and_the_call_runs(
+    wire_server: WireServer, tmp_path: Path
+) -> None:
+    import pty
+
+    write_config(tmp_path, allow=[])  # the default policy asks before an MCP tool
+    wire_server.script(
+        Reply(tool_calls=[("time__get_current_time", {"timezone": "UTC"})]),
+        Reply(text="Checked."),
+    )
+    master, slave = pty.openpty()
+    clean = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "agent_template.cli", "run", "What time is it?"],
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**clean, **model_env(wire_server, tmp_path)},
+        cwd=tmp_path,
+    )
+    os.close(slave)
+    try:
+        os.write(master, b"y\n")  # typed ahead: read when the question comes
+        out, err = child.communicate(timeout=120)
+    finally:
+        os.close(master)
+    assert child.returncode == 0, err
+    assert "needs your approval" in err and "[approve]" in err
+    [result] = tool_messages(wire_server.requests[1].body)
+    assert json.loads(result["content"])["timezone"] == "UTC"
+    assert out.strip().endswith("Checked.")
