@@ -148,9 +148,11 @@ class SessionManager:
             await self._cache_root.aclose()
         self._opened = False
 
-    async def _forget(self, session_id: str) -> None:
+    async def _forget(self, session_id: str, *, deleted: bool = False) -> None:
         if self.cache is not None:
             await self.cache.delete(session_id)
+            if deleted:  # a new session of the same id starts with no tool settings
+                await self.cache.delete(f"{session_id}:tools")
 
     def _publish(self, session: Session, action: str) -> None:
         if self.bus is not None:
@@ -248,7 +250,7 @@ class SessionManager:
         """Delete a session with its messages, tasks and todos. Raises SessionNotFoundError."""
         session = await self.get_session(session_id, user_id=user_id)
         deleted = await self.store.delete_session(session_id)
-        await self._forget(session_id)
+        await self._forget(session_id, deleted=True)
         if not deleted:
             raise SessionNotFoundError(session_id)
         self._publish(session, "deleted")
@@ -263,7 +265,7 @@ class SessionManager:
         for session_id in stale:
             session = await store.load_session(session_id)
             await store.delete_session(session_id)
-            await self._forget(session_id)
+            await self._forget(session_id, deleted=True)
             if session is not None:
                 self._publish(session, "deleted")
         return len(stale)
@@ -340,10 +342,22 @@ class SessionManager:
     ) -> dict[str, Any]:
         """The session's own tool settings: ``disabled`` (tool names the model does not get
         in this session) and ``permissions`` (rules layered over the global policy).
-        Raises SessionNotFoundError (also for another user's)."""
+
+        Read on every chat turn, so kept in the state cache (Redis, where several processes
+        share it) and dropped from it when saved. Raises SessionNotFoundError (also for
+        another user's).
+        """
         if user_id is not None:
             await self.get_session(session_id, user_id=user_id)
-        return await (await self._ready()).load_tool_settings(session_id) or {}
+        cache, key = self.cache, f"{session_id}:tools"
+        if cache is not None:
+            hit = await cache.get(key)
+            if hit is not None:
+                return dict(hit)
+        settings = await (await self._ready()).load_tool_settings(session_id) or {}
+        if cache is not None:
+            await cache.set(key, settings, ttl=SESSION_CACHE_TTL_S)
+        return settings
 
     async def save_tool_settings(
         self, session_id: str, settings: dict[str, Any], *, user_id: str | None = None
@@ -351,6 +365,8 @@ class SessionManager:
         """Replace the session's tool settings. Raises SessionNotFoundError."""
         await self.get_session(session_id, user_id=user_id)
         await (await self._ready()).save_tool_settings(session_id, settings)
+        if self.cache is not None:
+            await self.cache.delete(f"{session_id}:tools")
 
     async def load_compaction(self, session_id: str) -> dict[str, Any] | None:
         """The context compressor's saved state for the session (its standing summary)."""

@@ -302,11 +302,15 @@ class TaskLeases:
     async def _older_waiter(
         self, conn: AsyncConnection, session_id: str, task_id: str, kinds: list[str], now: float
     ) -> bool:
-        """Whether an older task of the session waits for its run lease with a live lease."""
-        t = s.tasks
-        created = await conn.scalar(select(t.c.created_at).where(t.c.id == task_id))
-        if created is None or not kinds:
+        """Whether an older task of the session waits for its run lease with a live lease.
+
+        One statement: the task's own creation time is a subquery (no row: nothing is older).
+        """
+        if not kinds:
             return False
+        t = s.tasks
+        mine = t.alias("mine")
+        created = select(mine.c.created_at).where(mine.c.id == task_id).scalar_subquery()
         rows = await conn.execute(
             select(t.c.lease_owner).where(
                 and_(
