@@ -373,3 +373,24 @@ async def test_a_session_turns_tools_off_and_layers_its_own_rules(
         assert bad.status_code == 422
         missing = await client.get("/api/v1/sessions/nope/tools")
         assert missing.status_code == 404
+
+
+async def test_cancelling_a_waiting_run_withdraws_its_request(
+    tmp_path: Path, wire_server: WireServer
+) -> None:
+    script_deploy(wire_server)
+    app = create_app(settings_for(tmp_path, wire_server), tools=[deploy])
+    async with (
+        serve(app) as base,
+        websockets.connect(ws_url(base)) as ws,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        task = await chat(ws, "Ship it.", session_id="s1")
+        await approval_request(ws)
+        await ws.send(json.dumps({"type": "cancel", "task_id": task["task_id"]}))
+        frames = await completed(ws, task["task_id"])
+        assert frames[-1]["data"]["status"] == "cancelled"
+        assert (await client.get("/api/v1/approvals")).json()["items"] == []
+        loop = state_of(app).loop
+        assert loop.running_count == 0 and not loop.parked(task["task_id"])
+        assert deployed == []

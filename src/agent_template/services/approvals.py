@@ -224,6 +224,8 @@ class ApprovalManager:
         except asyncio.CancelledError:
             if scheduler is not None and scheduler.suspending(context.task_id):
                 self._suspended.add(call.id)  # stays pending in the store, for a resume
+            else:  # the run was cancelled: the request is moot, not pending for ever
+                await self._withdraw(record)
             raise
         finally:
             self._waiting.pop(record.id, None)
@@ -240,6 +242,15 @@ class ApprovalManager:
             )
         )
         return _verdict(state, message, self.timeout_s)
+
+    async def _withdraw(self, record: ApprovalRecord) -> None:
+        """A request whose call was cancelled: recorded as denied, so no list shows it."""
+        try:
+            await asyncio.shield(
+                self.store.answer_approval(record.id, "deny", "The run was cancelled.", time.time())
+            )
+        except Exception:  # it times out by itself, later
+            log.warning("could not withdraw approval request %s", record.id, exc_info=True)
 
     async def _await_answer(self, waiter: _Waiter) -> _Answer:
         """The answer given here, or found in the store (given to another process), or
@@ -277,6 +288,8 @@ class ApprovalManager:
             from agent_template.services.permissions import SessionGrants
 
             grants = SessionGrants()
+            if len(self._grants) >= _RULES_KEPT:
+                self._grants.clear()
             for record in await self.store.find_approvals(
                 session_id=session_id, states=("always",)
             ):
@@ -334,6 +347,9 @@ class ApprovalManager:
         )
         try:
             state, message, content = await self._await_answer(waiter)
+        except asyncio.CancelledError:
+            await self._withdraw(record)
+            raise
         finally:
             self._waiting.pop(record.id, None)
         context.emit(
