@@ -183,47 +183,77 @@ class ApprovalManager:
     async def _ask(
         self, tool: Tool, call: ToolCall, context: ToolContext, decision: Any
     ) -> str | None:
-        assert context.emit is not None and context.task_id is not None
-        now = time.time()
         to_ask = list(getattr(decision, "to_ask", None) or [])
-        record = ApprovalRecord(
-            id=f"ap_{uuid.uuid4().hex[:20]}",
-            task_id=context.task_id,
-            session_id=context.session_id or context.extra.get("parent_session_id"),
-            user_id=context.user_id or "default",
+        record = self._record(
+            context, call.id, tool.name, call.arguments, decision.reason, parts=to_ask
+        )
+        event = ApprovalRequested(
+            approval_id=record.id,
             call_id=call.id,
             tool=tool.name,
             arguments=call.arguments,
             reason=decision.reason,
-            parts=json.dumps(to_ask),
+            parts=to_ask,
+            expires_at=record.expires_at,
+        )
+        state, message, _ = await self._put_to_user(record, context, event, park=True)
+        if state == "always":
+            self._grants.pop(record.session_id or "", None)  # reloaded with the new grant
+        return _verdict(state, message, self.timeout_s)
+
+    def _record(
+        self,
+        context: ToolContext,
+        call_id: str,
+        tool: str,
+        arguments: str,
+        reason: str,
+        *,
+        parts: list[str] | None = None,
+        kind: str = "tool_call",
+    ) -> ApprovalRecord:
+        now = time.time()
+        return ApprovalRecord(
+            id=f"ap_{uuid.uuid4().hex[:20]}",
+            task_id=context.task_id or "",
+            session_id=context.session_id or context.extra.get("parent_session_id"),
+            user_id=context.user_id or "default",
+            call_id=call_id,
+            tool=tool,
+            arguments=arguments,
+            reason=reason,
+            parts=json.dumps(parts or []),
             state="pending",
             message=None,
             created_at=now,
             expires_at=now + self.timeout_s,
+            kind=kind,
         )
+
+    async def _put_to_user(
+        self,
+        record: ApprovalRecord,
+        context: ToolContext,
+        event: ApprovalRequested,
+        *,
+        park: bool,
+    ) -> _Answer:
+        """Store the request, put it in the run's stream and wait for the answer; then say
+        what it was. With ``park`` the run waits as ``waiting``, its slot free meanwhile,
+        and a run stopped while it waits leaves the request pending for a resume."""
+        assert context.emit is not None and context.task_id is not None
         await self.store.insert_approval(record)
-        loop = asyncio.get_running_loop()
-        waiter = _Waiter(record, loop.create_future())
+        waiter = _Waiter(record, asyncio.get_running_loop().create_future())
         self._waiting[record.id] = waiter
-        scheduler = self.scheduler
+        scheduler = self.scheduler if park else None
         if scheduler is not None:  # waiting (and its slot free) before anyone hears of it
             await scheduler.park(context.task_id, record.expires_at)
-        context.emit(
-            ApprovalRequested(
-                approval_id=record.id,
-                call_id=call.id,
-                tool=tool.name,
-                arguments=call.arguments,
-                reason=decision.reason,
-                parts=to_ask,
-                expires_at=record.expires_at,
-            )
-        )
+        context.emit(event)
         try:
-            state, message, _ = await self._await_answer(waiter)
+            answer = await self._await_answer(waiter)
         except asyncio.CancelledError:
             if scheduler is not None and scheduler.suspending(context.task_id):
-                self._suspended.add(call.id)  # stays pending in the store, for a resume
+                self._suspended.add(record.call_id)  # stays pending, for a resume
             else:  # the run was cancelled: the request is moot, not pending for ever
                 await self._withdraw(record)
             raise
@@ -231,17 +261,16 @@ class ApprovalManager:
             self._waiting.pop(record.id, None)
             if scheduler is not None:
                 await scheduler.unpark(context.task_id)
-        if state == "always":
-            self._grants.pop(record.session_id or "", None)  # reloaded with the new grant
+        state, message, _ = answer
         context.emit(
             ApprovalResolved(
                 approval_id=record.id,
-                call_id=call.id,
+                call_id=record.call_id,
                 decision=state,  # type: ignore[arg-type]
                 message=message or "",
             )
         )
-        return _verdict(state, message, self.timeout_s)
+        return answer
 
     async def _withdraw(self, record: ApprovalRecord) -> None:
         """A request whose call was cancelled: recorded as denied, so no list shows it."""
@@ -311,55 +340,22 @@ class ApprovalManager:
                 request.message,
             )
             return ElicitationAnswer("decline")
-        now = time.time()
-        asked = {"schema": request.requested_schema, "url": request.url}
-        record = ApprovalRecord(
-            id=f"ap_{uuid.uuid4().hex[:20]}",
-            task_id=context.task_id,
-            session_id=context.session_id or context.extra.get("parent_session_id"),
-            user_id=context.user_id or "default",
+        asked = json.dumps({"schema": request.requested_schema, "url": request.url})
+        record = self._record(
+            context, context.call_id, request.server, asked, request.message, kind="question"
+        )
+        event = ApprovalRequested(
+            approval_id=record.id,
             call_id=context.call_id,
             tool=request.server,
-            arguments=json.dumps(asked),
+            arguments=asked,
             reason=request.message,
-            parts="[]",
-            state="pending",
-            message=None,
-            created_at=now,
-            expires_at=now + self.timeout_s,
+            expires_at=record.expires_at,
             kind="question",
+            requested_schema=request.requested_schema,
+            url=request.url,
         )
-        await self.store.insert_approval(record)
-        waiter = _Waiter(record, asyncio.get_running_loop().create_future())
-        self._waiting[record.id] = waiter
-        context.emit(
-            ApprovalRequested(
-                approval_id=record.id,
-                call_id=context.call_id,
-                tool=request.server,
-                arguments=record.arguments,
-                reason=request.message,
-                expires_at=record.expires_at,
-                kind="question",
-                requested_schema=request.requested_schema,
-                url=request.url,
-            )
-        )
-        try:
-            state, message, content = await self._await_answer(waiter)
-        except asyncio.CancelledError:
-            await self._withdraw(record)
-            raise
-        finally:
-            self._waiting.pop(record.id, None)
-        context.emit(
-            ApprovalResolved(
-                approval_id=record.id,
-                call_id=context.call_id,
-                decision=state,  # type: ignore[arg-type]
-                message=message or "",
-            )
-        )
+        state, _, content = await self._put_to_user(record, context, event, park=False)
         if state in ("approve", "always"):
             return ElicitationAnswer("accept", json.loads(content) if content else {})
         return ElicitationAnswer("cancel" if state == "timeout" else "decline")
