@@ -124,6 +124,19 @@ async def test_recent_window_reads_from_the_end(store: SQLStore) -> None:
     assert elapsed < 5  # generous: the point is the query shape above
 
 
+async def test_older_pages_read_back_from_a_message_number(store: SQLStore) -> None:
+    session = await new_session(store)
+    sid = session.session_id
+    await store.append_messages(sid, [UserMessage(content=f"m{i}") for i in range(1, 121)])
+    page = await store.load_records(sid, before_seq=71, limit=30)
+    assert [r.seq for r in page] == list(range(41, 71))
+    first = await store.load_records(sid, before_seq=11, limit=30)
+    assert [r.seq for r in first] == list(range(1, 11))
+    assert await store.load_records(sid, before_seq=1, limit=30) == []
+    between = await store.load_records(sid, after_seq=5, before_seq=9)
+    assert [r.message.content for r in between] == ["m6", "m7", "m8"]
+
+
 async def test_delete_removes_messages_tasks_and_todos(store: SQLStore) -> None:
     session = await new_session(store)
     sid = session.session_id

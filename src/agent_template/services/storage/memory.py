@@ -104,9 +104,15 @@ class MemorySessionStore:
         await self.append_messages(session_id, [partial], task_id=task_id)
 
     async def load_records(
-        self, session_id: str, *, limit: int | None = None, after_seq: int = 0
+        self,
+        session_id: str,
+        *,
+        limit: int | None = None,
+        after_seq: int = 0,
+        before_seq: int | None = None,
     ) -> list[MessageRecord]:
-        rows = [r for r in self._records.get(session_id, []) if r.seq > after_seq]
+        end = before_seq if before_seq is not None else float("inf")
+        rows = [r for r in self._records.get(session_id, []) if after_seq < r.seq < end]
         return rows[-limit:] if limit else rows
 
     async def record_task(self, task: Task, lease_until: float | None) -> None:

@@ -141,13 +141,22 @@ class MessageLog:
             )
 
     async def load_records(
-        self, session_id: str, *, limit: int | None = None, after_seq: int = 0
+        self,
+        session_id: str,
+        *,
+        limit: int | None = None,
+        after_seq: int = 0,
+        before_seq: int | None = None,
     ) -> list[MessageRecord]:
-        """Messages in order; with ``limit``, the most recent ones (read from the end)."""
+        """Messages in order, those after ``after_seq`` (and before ``before_seq``); with
+        ``limit``, the most recent of them (read from the end)."""
         m = s.messages
+        where = and_(m.c.session_id == session_id, m.c.seq > after_seq)
+        if before_seq is not None:
+            where = and_(where, m.c.seq < before_seq)
         query = select(
             m.c.seq, m.c.status, m.c.encoding, m.c.body, m.c.task_id, m.c.created_at
-        ).where(and_(m.c.session_id == session_id, m.c.seq > after_seq))
+        ).where(where)
         if limit is not None:
             query = query.order_by(m.c.seq.desc()).limit(limit)
         else:
