@@ -108,14 +108,14 @@ async def test_recent_window_reads_from_the_end(store: SQLStore) -> None:
     def capture(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         statements.append(statement)
 
-    engine = await store.open()
-    event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    await store.open()
+    event.listen(store.statement_engine, "before_cursor_execute", capture)
     try:
         t0 = time.perf_counter()
         window = await store.load_records(sid, limit=50)
         elapsed = time.perf_counter() - t0
     finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", capture)
+        event.remove(store.statement_engine, "before_cursor_execute", capture)
     assert [r.seq for r in window] == list(range(9_951, 10_001))
     assert window[-1].message.content == "m9999"
     (query,) = [s for s in statements if "FROM messages" in s]
@@ -135,6 +135,28 @@ async def test_older_pages_read_back_from_a_message_number(store: SQLStore) -> N
     assert await store.load_records(sid, before_seq=1, limit=30) == []
     between = await store.load_records(sid, after_seq=5, before_seq=9)
     assert [r.message.content for r in between] == ["m6", "m7", "m8"]
+
+
+async def test_sqlite_statements_run_on_worker_threads_one_call_each(tmp_path: Any) -> None:
+    import threading
+
+    store = SQLStore(f"sqlite:///{tmp_path / 'w.db'}")
+    await store.open()
+    seen: list[tuple[str, str]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append((threading.current_thread().name, statement.split()[0]))
+
+    event.listen(store.statement_engine, "before_cursor_execute", capture)
+    try:
+        session = await new_session(store)
+        await store.append_messages(session.session_id, [UserMessage(content="hi")])
+        records = await store.load_records(session.session_id)
+    finally:
+        await store.close()
+    assert [r.message.content for r in records] == ["hi"]
+    assert seen and all(name.startswith("sqlite") for name, _ in seen)
+    assert threading.current_thread().name not in {name for name, _ in seen}
 
 
 async def test_delete_removes_messages_tasks_and_todos(store: SQLStore) -> None:

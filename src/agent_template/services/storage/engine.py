@@ -20,6 +20,8 @@ from agent_template.errors import (
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from agent_template.services.storage.sqlite_worker import SQLiteWorker
+
 __all__ = [
     "CONNECT_FAILURES",
     "UNAVAILABLE",
@@ -32,6 +34,8 @@ __all__ = [
     "safe_url",
     "sqlite_file",
     "sqlite_path",
+    "sqlite_pragmas",
+    "sqlite_worker",
     "unavailable_error",
 ]
 
@@ -204,18 +208,31 @@ async def create_engine(url: str, connect_args: dict[str, Any]) -> AsyncEngine:
         kwargs["connect_args"].setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
     engine = create_async_engine(url, **kwargs)
     if sqlite:
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode keeps every commit across a crash of the process.
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
-            cursor.close()
-
+        event.listen(engine.sync_engine, "connect", sqlite_pragmas)
     return engine
+
+
+def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """Set up a new SQLite connection: WAL, foreign keys, and the busy timeout."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode keeps every commit across a crash of the process.
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+    cursor.close()
+
+
+def sqlite_worker(url: str, connect_args: dict[str, Any]) -> SQLiteWorker | None:
+    """Worker threads for the statements of a SQLite file (``url`` an async URL); None for
+    other databases and in-memory SQLite, whose statements go through the async engine."""
+    if sqlite_path(url) is None:
+        return None
+    from agent_template.services.storage.sqlite_worker import SQLiteWorker
+
+    sync_url = "sqlite+pysqlite" + url[url.index(":") :]
+    args = {"timeout": SQLITE_BUSY_TIMEOUT_S, **connect_args}
+    return SQLiteWorker(sync_url, args, sqlite_pragmas)
 
 
 def _make_parent(path: str) -> None:

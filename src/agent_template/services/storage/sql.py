@@ -29,6 +29,7 @@ from agent_template.services.storage.engine import (
     create_engine,
     migration_error,
     process_owner,
+    sqlite_worker,
     unavailable_error,
 )
 from agent_template.services.storage.leases import TaskLeases
@@ -38,7 +39,10 @@ from agent_template.services.storage.tokens import ApiTokens
 from agent_template.services.storage.upsert import upsert
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+    from agent_template.services.storage.sqlite_worker import SQLiteWorker
 
 __all__ = ["MessageRecord", "SQLStore", "TaskRecord", "TodoRecord", "async_url"]
 
@@ -112,6 +116,7 @@ class SQLStore(MessageLog, TaskLeases, ApiTokens, Approvals):
         self._connect_args = connect_args or {}
         self._migrate = migrate
         self._engine: AsyncEngine | None = None
+        self._worker: SQLiteWorker | None = None
         self._opening = asyncio.Lock()
         # SQLite has one writer at a time: this process's writers queue here, in order,
         # instead of polling the file lock against each other (busy_timeout still covers
@@ -157,12 +162,16 @@ class SQLStore(MessageLog, TaskLeases, ApiTokens, Approvals):
                     raise
                 except Exception as exc:
                     raise migration_error(self.url, exc) from exc
+            self._worker = sqlite_worker(self.url, self._connect_args)
         except BaseException:
             await engine.dispose()
             raise
         return engine
 
     async def close(self) -> None:
+        if self._worker is not None:
+            await self._worker.dispose()
+            self._worker = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -181,6 +190,10 @@ class SQLStore(MessageLog, TaskLeases, ApiTokens, Approvals):
         if lock is not None:
             await lock.acquire()
         try:
+            if self._worker is not None:
+                async with self._thread_tx(self._worker, write) as thread_conn:
+                    yield thread_conn
+                return
             conn = engine.connect()
             try:
                 try:
@@ -208,6 +221,30 @@ class SQLStore(MessageLog, TaskLeases, ApiTokens, Approvals):
         finally:
             if lock is not None:
                 lock.release()
+
+    @contextlib.asynccontextmanager
+    async def _thread_tx(self, worker: SQLiteWorker, write: bool) -> AsyncIterator[AsyncConnection]:
+        """:meth:`_tx` on SQLite's worker threads (see ``sqlite_worker``)."""
+        conn = worker.connection()
+        try:
+            try:
+                yield cast("AsyncConnection", conn)
+            except BaseException:
+                await conn.end(commit=False)
+                raise
+            await conn.end(commit=write)
+        except UNAVAILABLE as exc:
+            raise unavailable_error(self.url, exc) from exc
+
+    @property
+    def statement_engine(self) -> Engine:
+        """The synchronous engine whose events see every statement of this store (after
+        :meth:`open`): the worker threads' on SQLite, the async engine's otherwise."""
+        if self._worker is not None:
+            return self._worker.engine
+        if self._engine is None:
+            raise RuntimeError("the store is not open yet: await store.open() first")
+        return self._engine.sync_engine
 
     # ------------------------------------------------------------------ sessions
 
