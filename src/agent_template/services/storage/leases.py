@@ -19,6 +19,7 @@ from sqlalchemy import and_, or_, select, update
 from agent_template.errors import SessionNotFoundError
 from agent_template.models import Task
 from agent_template.services.storage import schema as s
+from agent_template.services.storage import statements as q
 from agent_template.services.storage.engine import owner_is_dead
 from agent_template.services.storage.records import TaskRecord
 from agent_template.services.storage.upsert import upsert
@@ -256,18 +257,14 @@ class TaskLeases:
             # first statement (SQLite refuses to upgrade a read transaction that a writer in
             # another process overtook). Refusing for an older waiter then rolls it back.
             taken = await conn.execute(
-                update(ss)
-                .where(
-                    and_(
-                        ss.c.id == session_id,
-                        or_(
-                            ss.c.run_holder.is_(None),
-                            ss.c.run_holder == task_id,
-                            ss.c.run_lease_expires_at < now,
-                        ),
-                    )
-                )
-                .values(run_holder=task_id, run_owner=self.owner, run_lease_expires_at=until)
+                q.acquire_run(),
+                {
+                    "p_sid": session_id,
+                    "p_task": task_id,
+                    "p_now": now,
+                    "p_owner": self.owner,
+                    "p_until": until,
+                },
             )
             if taken.rowcount == 1:
                 if await self._older_waiter(conn, session_id, task_id, kinds, now):
@@ -308,20 +305,9 @@ class TaskLeases:
         """
         if not kinds:
             return False
-        t = s.tasks
-        mine = t.alias("mine")
-        created = select(mine.c.created_at).where(mine.c.id == task_id).scalar_subquery()
         rows = await conn.execute(
-            select(t.c.lease_owner).where(
-                and_(
-                    t.c.session_id == session_id,
-                    t.c.state == "pending",
-                    t.c.type.in_(kinds),
-                    t.c.created_at < created,
-                    t.c.id != task_id,
-                    t.c.lease_expires_at >= now,
-                )
-            )
+            q.older_waiters(),
+            {"p_sid": session_id, "p_task": task_id, "p_kinds": kinds, "p_now": now},
         )
         return any(not owner_is_dead(owner) for (owner,) in rows)
 
@@ -344,25 +330,13 @@ class TaskLeases:
 
     async def release_run(self, session_id: str, task_id: str) -> None:
         """Free the session's run lease if ``task_id`` holds it (otherwise do nothing)."""
-        ss = s.sessions
         async with self._tx(write=True) as conn:
-            await conn.execute(
-                update(ss)
-                .where(and_(ss.c.id == session_id, ss.c.run_holder == task_id))
-                .values(run_holder=None, run_owner=None, run_lease_expires_at=None)
-            )
+            await conn.execute(q.release_run(), {"p_sid": session_id, "p_task": task_id})
 
     async def run_holder(self, session_id: str) -> str | None:
         """The task holding a live run lease on the session, or None (free, or no session)."""
-        ss = s.sessions
         async with self._tx() as conn:
-            row = (
-                await conn.execute(
-                    select(ss.c.run_holder, ss.c.run_owner, ss.c.run_lease_expires_at).where(
-                        ss.c.id == session_id
-                    )
-                )
-            ).first()
+            row = (await conn.execute(q.run_holder(), {"p_sid": session_id})).first()
         if row is None or row.run_holder is None:
             return None
         expires = row.run_lease_expires_at

@@ -10,10 +10,11 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import func, insert, select
 
 from agent_template.models import AssistantMessage, Message
 from agent_template.services.storage import schema as s
+from agent_template.services.storage import statements as q
 from agent_template.services.storage.codec import decode, encode
 from agent_template.services.storage.records import MessageRecord
 
@@ -34,16 +35,7 @@ class MessageLog:
 
     async def _reserve(self, conn: AsyncConnection, session_id: str, n: int, now: float) -> int:
         """Take ``n`` sequence numbers; the row lock serialises writers of one session."""
-        done = await conn.execute(
-            update(s.sessions)
-            .where(s.sessions.c.id == session_id)
-            .values(
-                message_count=s.sessions.c.message_count + n,
-                updated_at=now,
-                last_active_at=now,
-            )
-            .returning(s.sessions.c.message_count)
-        )
+        done = await conn.execute(q.reserve_seqs(), {"p_sid": session_id, "p_n": n, "p_now": now})
         row = done.first()
         if row is None:
             from agent_template.errors import SessionNotFoundError
@@ -85,18 +77,11 @@ class MessageLog:
                         }
                     )
                     seqs.append(first + i)
-                await conn.execute(insert(s.messages), rows)
+                await conn.execute(q.insert_messages(), rows)
         return seqs
 
     async def _streaming_row(self, conn: AsyncConnection, task_id: str) -> tuple[int, int] | None:
-        row = (
-            await conn.execute(
-                select(s.messages.c.id, s.messages.c.seq)
-                .where(and_(s.messages.c.task_id == task_id, s.messages.c.status == "streaming"))
-                .order_by(s.messages.c.seq.desc())
-                .limit(1)
-            )
-        ).first()
+        row = (await conn.execute(q.streaming_row(), {"p_task": task_id})).first()
         return (int(row[0]), int(row[1])) if row else None
 
     async def _rewrite(
@@ -104,14 +89,14 @@ class MessageLog:
     ) -> int:
         encoding, body = encode(message, self.compress_above)
         await conn.execute(
-            update(s.messages)
-            .where(s.messages.c.id == row[0])
-            .values(
-                status=getattr(message, "status", "complete"),
-                encoding=encoding,
-                body=body,
-                updated_at=now,
-            )
+            q.rewrite_message(),
+            {
+                "p_id": row[0],
+                "p_status": getattr(message, "status", "complete"),
+                "p_encoding": encoding,
+                "p_body": body,
+                "p_now": now,
+            },
         )
         return row[1]
 
@@ -150,19 +135,12 @@ class MessageLog:
     ) -> list[MessageRecord]:
         """Messages in order, those after ``after_seq`` (and before ``before_seq``); with
         ``limit``, the most recent of them (read from the end)."""
-        m = s.messages
-        where = and_(m.c.session_id == session_id, m.c.seq > after_seq)
-        if before_seq is not None:
-            where = and_(where, m.c.seq < before_seq)
-        query = select(
-            m.c.seq, m.c.status, m.c.encoding, m.c.body, m.c.task_id, m.c.created_at
-        ).where(where)
+        query = q.load_records(limited=limit is not None, before=before_seq is not None)
+        params = {"p_sid": session_id, "p_after": after_seq, "p_before": before_seq}
         if limit is not None:
-            query = query.order_by(m.c.seq.desc()).limit(limit)
-        else:
-            query = query.order_by(m.c.seq)
+            params["p_limit"] = limit
         async with self._tx() as conn:
-            rows = list((await conn.execute(query)).all())
+            rows = list((await conn.execute(query, params)).all())
         if limit is not None:
             rows.reverse()
         records = []

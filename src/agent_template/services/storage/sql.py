@@ -20,6 +20,7 @@ from sqlalchemy import delete, insert, select, update
 from agent_template.errors import StorageError
 from agent_template.models import Session
 from agent_template.services.storage import schema as s
+from agent_template.services.storage import statements as q
 from agent_template.services.storage.approvals import Approvals
 from agent_template.services.storage.codec import COMPRESS_ABOVE_BYTES
 from agent_template.services.storage.engine import (
@@ -269,16 +270,12 @@ class SQLStore(MessageLog, TaskLeases, ApiTokens, Approvals):
         values = {"id": session.session_id, "message_count": 0, **_session_values(session)}
         async with self._tx(write=True) as conn:
             await conn.execute(statement, values)
-            row = (
-                await conn.execute(select(s.sessions).where(s.sessions.c.id == session.session_id))
-            ).one()
+            row = (await conn.execute(q.load_session(), {"p_sid": session.session_id})).one()
         return _session(row)
 
     async def load_session(self, session_id: str) -> Session | None:
         async with self._tx() as conn:
-            row = (
-                await conn.execute(select(s.sessions).where(s.sessions.c.id == session_id))
-            ).first()
+            row = (await conn.execute(q.load_session(), {"p_sid": session_id})).first()
         return _session(row) if row else None
 
     async def delete_session(self, session_id: str) -> bool:
@@ -353,9 +350,7 @@ class SQLStore(MessageLog, TaskLeases, ApiTokens, Approvals):
 
     async def load_tool_settings(self, session_id: str) -> dict[str, Any] | None:
         async with self._tx() as conn:
-            value = await conn.scalar(
-                select(s.sessions.c.tool_settings).where(s.sessions.c.id == session_id)
-            )
+            value = await conn.scalar(q.load_tool_settings(), {"p_sid": session_id})
         return json.loads(value) if value else None
 
     async def integrity_check(self) -> list[str]:
@@ -366,9 +361,7 @@ class SQLStore(MessageLog, TaskLeases, ApiTokens, Approvals):
 
     async def load_compaction(self, session_id: str) -> dict[str, Any] | None:
         async with self._tx() as conn:
-            value = await conn.scalar(
-                select(s.sessions.c.compaction).where(s.sessions.c.id == session_id)
-            )
+            value = await conn.scalar(q.load_compaction(), {"p_sid": session_id})
         return json.loads(value) if value else None
 
 
