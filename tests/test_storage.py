@@ -159,6 +159,17 @@ async def test_sqlite_statements_run_on_worker_threads_one_call_each(tmp_path: A
     assert threading.current_thread().name not in {name for name, _ in seen}
 
 
+async def test_many_transactions_at_once_never_wait_for_each_other(store: SQLStore) -> None:
+    # Each read keeps its connection between its statement and its end: more of them at
+    # once than a pool would hold must still all finish (on SQLite, the worker threads take
+    # the connections, so a bounded pool would leave them waiting for each other).
+    session = await new_session(store)
+    await store.append_messages(session.session_id, [UserMessage(content="hi")])
+    reads = [store.load_records(session.session_id) for _ in range(120)]
+    pages = await asyncio.wait_for(asyncio.gather(*reads), 60)
+    assert all([r.message.content for r in page] == ["hi"] for page in pages)
+
+
 async def test_delete_removes_messages_tasks_and_todos(store: SQLStore) -> None:
     session = await new_session(store)
     sid = session.session_id

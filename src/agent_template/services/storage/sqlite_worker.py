@@ -27,6 +27,8 @@ __all__ = ["Rows", "SQLiteWorker", "ThreadConnection"]
 
 T = TypeVar("T")
 
+KEPT_CONNECTIONS = 16  # connections the pool keeps open between transactions
+
 
 class Rows:
     """A statement's result, fetched whole on the worker thread: the part of SQLAlchemy's
@@ -83,8 +85,12 @@ class SQLiteWorker:
         from sqlalchemy import create_engine, event
 
         args = {**connect_args, "check_same_thread": False}
+        # A transaction keeps its connection between its calls, and the worker threads take
+        # connections from the pool: a bounded pool would leave them blocked in checkout,
+        # waiting for returns that only they can run. So the pool never refuses; connections
+        # beyond the ones it keeps are closed when given back.
         self.engine: Engine = create_engine(
-            url, connect_args=args, pool_size=threads + 2, max_overflow=8
+            url, connect_args=args, pool_size=KEPT_CONNECTIONS, max_overflow=-1
         )
         event.listen(self.engine, "connect", on_connect)
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="sqlite")
