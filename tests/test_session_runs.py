@@ -108,6 +108,46 @@ async def test_two_chat_tasks_on_one_session_take_turns(tmp_path: Path) -> None:
     await sessions.close()
 
 
+async def test_a_finished_run_frees_its_session_in_its_last_write(tmp_path: Path) -> None:
+    from sqlalchemy import event
+
+    settings = Settings(_env_file=None, context_compression=False)  # type: ignore[call-arg]
+    store = SQLStore(f"sqlite:///{tmp_path / 'agent.db'}")
+    sessions = SessionManager(store=store)
+    loop = AgentLoop(
+        settings,
+        model=TestProvider(lambda request: "hello"),
+        session_manager=sessions,
+        todo_tools=False,
+        bus=InProcessEventBus(),
+        streams=MemoryStreamStore(),
+    )
+    session = await sessions.create_session("alice")
+    writes: list[list[str]] = [[]]
+
+    def statement(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        writes[-1].append(" ".join(sql.split()[:3]))
+
+    def commit(conn: Any) -> None:
+        writes.append([])
+
+    engine = store.statement_engine
+    event.listen(engine, "before_cursor_execute", statement)
+    event.listen(engine, "commit", commit)
+    spec = {"message": "hi", "session_id": session.session_id, "user_id": "alice"}
+    task = await loop.create_task(spec)
+    await loop.wait(task.task_id)
+    assert task.state is TaskState.COMPLETED
+    last = [w for w in writes if w][-1]
+    assert last == ["INSERT INTO tasks", "UPDATE sessions SET"]  # the task, then the lease
+    assert await store.run_holder(session.session_id) is None
+    # The next run takes the session at once.
+    again = await loop.create_task(spec)
+    await asyncio.wait_for(loop.wait(again.task_id), 30)
+    assert again.state is TaskState.COMPLETED
+    await sessions.close()
+
+
 @contextlib.asynccontextmanager
 async def fresh_pg_database() -> AsyncIterator[str]:
     import asyncpg

@@ -28,7 +28,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -58,7 +58,13 @@ __all__ = ["SessionLeases", "TaskHandler", "TaskScheduler", "TaskStore"]
 class TaskStore(Protocol):
     """Where task states are recorded; a live task holds a lease this process renews."""
 
-    async def record_task(self, task: Task, lease_until: float | None) -> None: ...
+    async def record_task(
+        self, task: Task, lease_until: float | None, *, release_run: bool = False
+    ) -> None:
+        """Record ``task``; with ``release_run`` also free its session's run lease (in one
+        write where the store can)."""
+        ...
+
     async def renew_leases(
         self, task_ids: Iterable[str], until: float, *, holding: Iterable[str] = ...
     ) -> Collection[str]:
@@ -770,10 +776,24 @@ class TaskScheduler:
         if self.task_store is None or task.session_id is None:
             return
         live = not task.done and task.task_id not in self._suspending
+        # A finished run that holds its session frees it in the same write.
+        line = None if live else self._lines.get(task.session_id)
+        release = (
+            line is not None
+            and line.holder is task
+            and line.leased
+            and task.task_id not in self._suspending
+            and cast("object", self.session_leases) is self.task_store
+        )
         try:
-            await self.task_store.record_task(task, time.time() + self.lease_s if live else None)
+            await self.task_store.record_task(
+                task, time.time() + self.lease_s if live else None, release_run=release
+            )
         except Exception:  # the run goes on; the next state change records it again
             log.exception("could not record task %s as %s", task.task_id, task.state)
+        else:
+            if release and line is not None:
+                line.leased = False  # freed: the line moves on without releasing it again
         if live and self._renewer is None:
             self._renewer = asyncio.create_task(self._renew_leases(), name="task leases")
 

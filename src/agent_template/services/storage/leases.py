@@ -59,12 +59,16 @@ class TaskLeases:
 
     # ------------------------------------------------------------------ tasks
 
-    async def record_task(self, task: Task, lease_until: float | None) -> None:
+    async def record_task(
+        self, task: Task, lease_until: float | None, *, release_run: bool = False
+    ) -> None:
         """Insert or update a task.
 
         With ``lease_until`` (any state, pending included) the task holds a lease owned by
         this process until then, so :meth:`recover` in another process can tell a crash from
-        a task that is still queued or running; ``None`` (a finished task) clears it.
+        a task that is still queued or running; ``None`` (a finished task) clears it. With
+        ``release_run``, the same transaction frees the session's run lease if the task holds
+        it (as :meth:`release_run`): a finished run's last write.
         """
         values = {
             "id": task.task_id,
@@ -89,6 +93,10 @@ class TaskLeases:
         )
         async with self._tx(write=True) as conn:
             await conn.execute(statement, values)
+            if release_run and task.session_id is not None:
+                await conn.execute(
+                    q.release_run(), {"p_sid": task.session_id, "p_task": task.task_id}
+                )
 
     async def renew_leases(
         self, task_ids: Iterable[str], until: float, *, holding: Iterable[str] = ()

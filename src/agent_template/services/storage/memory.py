@@ -115,7 +115,11 @@ class MemorySessionStore:
         rows = [r for r in self._records.get(session_id, []) if after_seq < r.seq < end]
         return rows[-limit:] if limit else rows
 
-    async def record_task(self, task: Task, lease_until: float | None) -> None:
+    async def record_task(
+        self, task: Task, lease_until: float | None, *, release_run: bool = False
+    ) -> None:
+        if release_run and task.session_id is not None:
+            await self.release_run(task.session_id, task.task_id)
         self._tasks[task.task_id] = TaskRecord(
             task.task_id,
             task.session_id,
