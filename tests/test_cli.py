@@ -145,12 +145,6 @@ def test_help_imports_no_sdk() -> None:
     assert "test-model" in proc.stdout
 
 
-def test_the_client_entry_point_says_it_is_not_built_yet() -> None:
-    exe = Path(sys.executable).parent / "agent-client"
-    proc = subprocess.run([str(exe)], capture_output=True, text=True, check=False)
-    assert "not built yet" in proc.stderr
-
-
 def test_an_empty_prompt_is_refused_plainly() -> None:
     proc = run_cli("run", "  ")
     assert proc.returncode == 2

@@ -87,6 +87,8 @@ def requests_on(session: str, task: str) -> list[tuple[str, str, dict[str, Any] 
         ("PATCH", f"/sessions/{session}", {"title": "mine now"}),
         ("DELETE", f"/sessions/{session}", None),
         ("GET", f"/sessions/{session}/messages", None),
+        ("GET", f"/sessions/{session}/messages?before=0", None),
+        ("POST", f"/sessions/{session}/compact", None),
         ("GET", f"/sessions/{session}/todos", None),
         ("POST", "/messages", {"content": "hi", "session_id": session}),
         ("POST", "/messages", {"content": "hi", "session_id": session, "wait": False}),

@@ -37,6 +37,7 @@ REST_ENDPOINTS = SPEC_ENDPOINTS | {
     ("patch", "/api/v1/sessions/{session_id}"),
     ("get", "/api/v1/sessions/{session_id}/todos"),
     ("get", "/api/v1/tasks/{task_id}/stream"),
+    ("post", "/api/v1/sessions/{session_id}/compact"),
 }
 FUZZ_EXAMPLES = 12  # valid requests per operation: bounded, and still every operation
 FUZZ_INVALID = 6  # and invalid ones, which must be refused with 4xx, never 5xx

@@ -547,8 +547,9 @@ def server_main() -> None:
 
 def client_main() -> None:
     """Entry point of ``agent-client`` (the terminal client)."""
-    _err("agent-client is not built yet; use 'agent-template run' for now.")
-    raise SystemExit(_EXIT_FAILED)
+    from agent_template.cli_client import main as client
+
+    raise SystemExit(client())
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ __all__ = [
     "MAX_PAGE",
     "AssistantReply",
     "ChatRequest",
+    "CompactionOut",
     "ErrorBody",
     "ErrorInfo",
     "MessageCreate",
@@ -413,7 +414,50 @@ class MessageOut(BaseModel):
 
 
 class MessagePage(Page[MessageOut]):
-    model_config = _examples({"items": _MESSAGE_EXAMPLES, "next_cursor": "WyJtZXNzYWdlcyIsM10"})
+    model_config = _examples(
+        {"items": _MESSAGE_EXAMPLES, "next_cursor": "WyJtZXNzYWdlcyIsM10", "older": None}
+    )
+
+    older: int | None = Field(
+        default=None,
+        description=(
+            "With `before`: pass it as `before` for the page of older messages (null: the "
+            "first message is on this page). Always null without `before`."
+        ),
+    )
+
+
+class CompactionOut(BaseModel):
+    """What compacting a session's context did (token counts are estimates of the whole
+    request: instructions, tools and messages). The stored messages never change."""
+
+    model_config = _examples(
+        {
+            "session_id": "demo_session",
+            "compacted": True,
+            "tokens_before": 7400,
+            "tokens_after": 2100,
+            "limit": 6400,
+            "strategy": "drop_tool_outputs+summarize",
+            "summarized_messages": 12,
+            "dropped_messages": 0,
+            "cleared_outputs": 3,
+            "errors": [],
+        }
+    )
+
+    session_id: str
+    compacted: bool = Field(description="Whether anything was summarised, dropped or cleared.")
+    tokens_before: int
+    tokens_after: int
+    limit: int = Field(description="The context budget the session's requests must fit.")
+    strategy: str = Field(description="What changed the context, joined by `+`; `none`: nothing.")
+    summarized_messages: int = 0
+    dropped_messages: int = 0
+    cleared_outputs: int = 0
+    errors: list[str] = Field(
+        default_factory=list, description="Steps that failed (the summary's model call...)."
+    )
 
 
 class TodoOut(BaseModel):

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent_template.api.deps import CurrentUser, State
+from agent_template.api.errors import ApiError
 from agent_template.api.schemas import (
     BODY_ERRORS,
     CURSOR_ERROR,
+    CompactionOut,
     MessageOut,
     MessagePage,
     Paging,
@@ -57,18 +59,52 @@ async def create_session(body: SessionCreate, state: State, user: CurrentUser) -
     summary="List your sessions, most recently active first",
     responses=error_responses(400, 422, examples=CURSOR_ERROR),
 )
-async def list_sessions(state: State, user: CurrentUser, paging: Paging) -> SessionPage:
+async def list_sessions(
+    state: State,
+    user: CurrentUser,
+    paging: Paging,
+    q: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            description="Only sessions whose title or id contains this text (any case).",
+        ),
+    ] = None,
+) -> SessionPage:
     # The store pages by offset: a cursor is the offset of the next page. One more session
     # than asked for tells whether there is a next page.
     start = decode_cursor("sessions", paging.cursor) or 0
     if type(start) is not int or start < 0:
         raise invalid_cursor(paging.cursor or "")
-    rows = await state.sessions.list_sessions(user, limit=paging.limit + 1, offset=start)
+    if q is None:
+        rows = await state.sessions.list_sessions(user, limit=paging.limit + 1, offset=start)
+    else:
+        rows = (await _matching(state, user, q.casefold()))[start : start + paging.limit + 1]
     more = len(rows) > paging.limit
     return SessionPage(
         items=[SessionOut.of(s) for s in rows[: paging.limit]],
         next_cursor=encode_cursor("sessions", start + paging.limit) if more else None,
     )
+
+
+_SCAN_BATCH = 500
+
+
+async def _matching(state: Any, user: str, needle: str) -> list[Any]:
+    """The user's sessions whose title or id contains ``needle``, most recent first."""
+    found: list[Any] = []
+    offset = 0
+    while True:
+        batch = await state.sessions.list_sessions(user, limit=_SCAN_BATCH, offset=offset)
+        found += [
+            s
+            for s in batch
+            if needle in s.session_id.casefold() or needle in (s.title or "").casefold()
+        ]
+        if len(batch) < _SCAN_BATCH:
+            return found
+        offset += _SCAN_BATCH
 
 
 @router.get(
@@ -114,17 +150,52 @@ async def delete_session(session_id: SessionPath, state: State, user: CurrentUse
     summary="List a session's messages, oldest first",
     description=(
         "User messages, assistant answers (with their tool calls) and tool results, in "
-        "order. An answer still being written is listed with status `streaming`."
+        "order. An answer still being written is listed with status `streaming`. Pages go "
+        "forward from the first message with `cursor`; to read backwards from the newest, "
+        "pass `before` (a message's `seq`, or 0 for the newest messages): the page holds the "
+        "latest `limit` messages before it, oldest first, and `older` is the `before` of the "
+        "page preceding it."
     ),
     responses=error_responses(400, 404, 422, examples=CURSOR_ERROR),
 )
 async def list_messages(
-    session_id: SessionPath, state: State, user: CurrentUser, paging: Paging
+    session_id: SessionPath,
+    state: State,
+    user: CurrentUser,
+    paging: Paging,
+    before: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            description=(
+                "Page backwards: the newest `limit` messages whose `seq` is below this one "
+                "(0: the newest of all). Not with `cursor`."
+            ),
+        ),
+    ] = None,
 ) -> MessagePage:
+    sessions = state.sessions
+    if before is not None:
+        if paging.cursor is not None:
+            raise ApiError(
+                400,
+                "bad_request",
+                "Give either cursor (page forward) or before (page backward), not both.",
+                {"parameters": ["cursor", "before"]},
+            )
+        await sessions.get_session(session_id, user_id=user)
+        rows = await sessions.store.load_records(
+            session_id, before_seq=before or None, limit=paging.limit + 1
+        )
+        more = len(rows) > paging.limit
+        shown = rows[1:] if more else rows
+        return MessagePage(
+            items=[MessageOut.of(r) for r in shown],
+            older=shown[0].seq if more and shown else None,
+        )
     after = decode_cursor("messages", paging.cursor) or 0
     if type(after) is not int or after < 0:
         raise invalid_cursor(paging.cursor or "")
-    sessions = state.sessions
     await sessions.get_session(session_id, user_id=user)
     records = await sessions.store.load_records(session_id, after_seq=after)
     page = records[: paging.limit]
@@ -132,6 +203,44 @@ async def list_messages(
     return MessagePage(
         items=[MessageOut.of(r) for r in page],
         next_cursor=encode_cursor("messages", page[-1].seq) if more else None,
+    )
+
+
+@router.post(
+    "/sessions/{session_id}/compact",
+    summary="Compact a session's context now",
+    description=(
+        "Summarises or drops the session's older turns in the context its next requests "
+        "send, as happens on its own when the context nears the model's window. The stored "
+        "messages stay whole. 409 while the session runs a turn."
+    ),
+    responses=error_responses(404, 409, 422),
+)
+async def compact_session(
+    session_id: SessionPath, state: State, user: CurrentUser
+) -> CompactionOut:
+    loop = state.loop
+    await state.sessions.get_session(session_id, user_id=user)
+    if loop.list_tasks(user_id=user, session_id=session_id, state=(*_LIVE, "waiting")):
+        raise ApiError(
+            409,
+            "session_busy",
+            f"Session '{session_id}' is running a turn; compact it when the turn ends.",
+            {"session_id": session_id},
+        )
+    result = await loop.compact_session(session_id)
+    strategy = result.strategy or "none"
+    return CompactionOut(
+        session_id=session_id,
+        compacted=strategy != "none",
+        tokens_before=result.tokens_before,
+        tokens_after=result.tokens_after,
+        limit=result.limit,
+        strategy=strategy,
+        summarized_messages=result.summarized_messages,
+        dropped_messages=result.dropped_messages,
+        cleared_outputs=result.cleared_outputs,
+        errors=list(result.errors),
     )
 
 
