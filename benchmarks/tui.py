@@ -1,0 +1,229 @@
+"""Terminal client figures, one JSON object per line. Run: python benchmarks/tui.py
+
+A real ``agent-server`` (the offline model, SQLite in a temporary folder) on a free loopback
+port, and the client app driven headless by Textual's Pilot against it.
+
+Workloads:
+  switch   switching to a session and showing its last screen (latest page of history,
+           rendered): milliseconds, for a session of 10 messages and one of 5,000 (median of 5).
+  stream   a 2,000-delta answer (words, paragraphs, a code block) fed as ``stream_data``
+           frames through the app's frame handler, the path live frames take: milliseconds per
+           delta, from the first delta until the Markdown shows the whole answer, with the
+           session at message 10, at message 5,000 (its latest page shown), and at message 5,000
+           with every page loaded (all 5,000 messages mounted, as after scrolling to the top).
+  live     the same 2,000 deltas streamed by the server's offline model over the WebSocket
+           into the 5,000-message session: milliseconds per delta end to end.
+Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+from tests.tui_helpers import stored_conversation  # noqa: E402
+
+from agent_template.api.app import create_app  # noqa: E402
+from agent_template.api.protocol import parse_frame  # noqa: E402
+from agent_template.config import Settings  # noqa: E402
+from agent_template.frontend.app import AgentClientApp  # noqa: E402
+from agent_template.frontend.connection import Connection  # noqa: E402
+from agent_template.frontend.rest import Api  # noqa: E402
+from agent_template.frontend.widgets.messages import AnswerView  # noqa: E402
+from agent_template.services.providers.offline import TestProvider  # noqa: E402
+
+DELTAS = 2000
+SIZE = (120, 40)
+
+
+def answer_deltas(count: int = DELTAS) -> list[str]:
+    """``count`` pieces of a plausible answer: words, a paragraph break every 40 words, one
+    code block in the middle."""
+    out: list[str] = []
+    for i in range(count):
+        if i == count // 2:
+            out.append("\n\n```python\ndef f(x):\n    return x * 2\n```\n\n")
+        elif i % 40 == 39:
+            out.append(f"word{i}.\n\n")
+        else:
+            out.append(f"word{i} ")
+    return out
+
+
+@contextlib.asynccontextmanager
+async def server(folder: Path, model: TestProvider) -> AsyncIterator[tuple[str, Any]]:
+    import uvicorn
+
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=f"sqlite:///{folder / 'server.db'}",
+        data_dir=folder / "data",
+        log_file=None,
+        redis_url=None,
+        default_model_provider="test",
+        rate_limit_per_minute=0,
+    )
+    app = create_app(settings, model=model)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    uv = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="on"))
+    runner = asyncio.create_task(uv.serve(sockets=[sock]))
+    while not uv.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        uv.should_exit = True
+        await runner
+        sock.close()
+
+
+async def seed(app: Any, session_id: str, count: int) -> None:
+    sessions = app.state.server.sessions
+    await sessions.create_session("default", session_id=session_id)
+    messages = stored_conversation(count)
+    for start in range(0, count, 500):
+        await sessions.add_messages(session_id, messages[start : start + 500])
+
+
+async def settled(pilot: Any) -> None:
+    await pilot.pause()
+    await pilot.wait_for_scheduled_animations()
+
+
+async def switch_ms(app: AgentClientApp, pilot: Any, session_id: str) -> float:
+    start = time.perf_counter()
+    await app.switch_session(session_id)
+    await settled(pilot)
+    return (time.perf_counter() - start) * 1000
+
+
+def frames(session_id: str, task_id: str, deltas: list[str]) -> list[Any]:
+    return [
+        parse_frame(
+            json.dumps(
+                {
+                    "type": "stream_data",
+                    "data": {"content": text},
+                    "session_id": session_id,
+                    "task_id": task_id,
+                    "seq": seq,
+                    "last_seq": seq,
+                }
+            )
+        )
+        for seq, text in enumerate(deltas, start=1)
+    ]
+
+
+async def stream_ms_per_delta(app: AgentClientApp, pilot: Any, task_id: str) -> dict[str, float]:
+    session_id = app.session_id
+    assert session_id is not None
+    deltas = answer_deltas()
+    batch = frames(session_id, task_id, deltas)
+    handler: list[float] = []
+    start = time.perf_counter()
+    for frame in batch:
+        t0 = time.perf_counter()
+        await app.on_frame(frame)
+        handler.append(time.perf_counter() - t0)
+        await asyncio.sleep(0)  # as between frames read from the socket: the screen repaints
+    answer = app.chat.turns[task_id].answer
+    assert isinstance(answer, AnswerView)
+    await answer.finish()  # drains what the stream still holds into the Markdown
+    await settled(pilot)
+    total = time.perf_counter() - start
+    assert answer.entry.text == "".join(deltas)
+    return {
+        "ms_per_delta": round(total * 1000 / len(batch), 4),
+        "handler_median_ms": round(statistics.median(handler) * 1000, 4),
+        "handler_p99_ms": round(sorted(handler)[int(len(handler) * 0.99)] * 1000, 4),
+    }
+
+
+async def load_everything(app: AgentClientApp, pilot: Any) -> int:
+    while app.chat.older is not None:
+        assert app.session_id is not None
+        page = await app.api.history(app.session_id, before=app.chat.older, limit=200)
+        await app.chat.load_page(page.items, page.older)
+        await pilot.pause()
+    await settled(pilot)
+    return len(app.chat.query(".message"))
+
+
+async def live_ms_per_delta(app: AgentClientApp, pilot: Any) -> float:
+    before = set(app.chat.turns)
+    start = time.perf_counter()
+    await app.send("Stream the long answer.")
+    while True:
+        new = [t for k, t in app.chat.turns.items() if k not in before]
+        if new and new[0].done:
+            break
+        await asyncio.sleep(0.005)
+    await settled(pilot)
+    return (time.perf_counter() - start) * 1000 / DELTAS
+
+
+async def main() -> None:
+    text = "".join(answer_deltas())
+    model = TestProvider(lambda request: text)  # the live turn streams the same words
+    with tempfile.TemporaryDirectory() as folder:
+        async with server(Path(folder), model) as (url, served):
+            await seed(served, "small", 10)
+            await seed(served, "big", 5000)
+            app = AgentClientApp(Connection(url), Api(url))
+            async with app.run_test(size=SIZE) as pilot:
+                while app.status.status.link != "connected":
+                    await pilot.pause(0.01)
+                switch: dict[str, float] = {}
+                for session_id in ("small", "big"):
+                    runs = [await switch_ms(app, pilot, session_id) for _ in range(5)]
+                    switch[session_id] = round(statistics.median(runs), 1)
+                print(json.dumps({"workload": "switch", "ms": switch}), flush=True)
+
+                await switch_ms(app, pilot, "small")
+                at_10 = await stream_ms_per_delta(app, pilot, "bench-10")
+                await switch_ms(app, pilot, "big")
+                at_5000 = await stream_ms_per_delta(app, pilot, "bench-5000")
+                await switch_ms(app, pilot, "big")
+                mounted = await load_everything(app, pilot)
+                at_5000_all = await stream_ms_per_delta(app, pilot, "bench-5000-all")
+                ratio = at_5000["ms_per_delta"] / at_10["ms_per_delta"]
+                ratio_all = at_5000_all["ms_per_delta"] / at_10["ms_per_delta"]
+                print(
+                    json.dumps(
+                        {
+                            "workload": "stream",
+                            "deltas": DELTAS,
+                            "at_message_10": at_10,
+                            "at_message_5000": at_5000,
+                            "at_message_5000_all_loaded": {**at_5000_all, "widgets": mounted},
+                            "ratio_5000_to_10": round(ratio, 3),
+                            "ratio_5000_all_loaded_to_10": round(ratio_all, 3),
+                        }
+                    ),
+                    flush=True,
+                )
+                await switch_ms(app, pilot, "big")
+                live = await live_ms_per_delta(app, pilot)
+                print(json.dumps({"workload": "live", "ms_per_delta": round(live, 4)}), flush=True)
+                await app.connection.close()
+            await app.api.aclose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,275 @@
+"""The transcript pane: history loaded a page at a time (newest first, older ones as you
+scroll up) and the live turns, rendered from the server's stream frames."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from textual.containers import Vertical, VerticalScroll
+from textual.message import Message as TextualMessage
+from textual.widget import Widget
+
+from agent_template.api.protocol import ServerFrame
+from agent_template.frontend.transcript import Entry, Transcript
+from agent_template.frontend.widgets.messages import (
+    AnswerView,
+    MessageView,
+    NoticeView,
+    ReasoningView,
+)
+from agent_template.frontend.widgets.text import GrowingText
+from agent_template.frontend.widgets.tools import ToolPanel
+from agent_template.models import (
+    AssistantMessage,
+    Message,
+    ReasoningPart,
+    ToolResultMessage,
+    UserMessage,
+    content_text,
+)
+
+__all__ = ["ChatView", "Turn"]
+
+
+@dataclass(slots=True)
+class Turn:
+    """The live state of one task's answer in the transcript."""
+
+    task_id: str
+    answer: AnswerView | None = None
+    reasoning: ReasoningView | None = None
+    by_index: dict[int, ToolPanel] = field(default_factory=dict)
+    tools: dict[str, ToolPanel] = field(default_factory=dict)
+    done: bool = False
+
+
+class ChatView(VerticalScroll):
+    """The messages of the shown session."""
+
+    class NeedOlder(TextualMessage):
+        """The view was scrolled to its top and older messages exist."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.transcript = Transcript()
+        self.turns: dict[str, Turn] = {}
+        self.older: int | None = None  # the `before` cursor of the next older page
+        self.loading_older = False
+        self._marker = GrowingText("", classes="older-marker")
+        self._history = Vertical(classes="history")
+
+    def on_mount(self) -> None:
+        """Follow the end of the transcript while it grows (until the user scrolls up)."""
+        self.anchor()
+
+    def reset(self, session_id: str | None) -> None:
+        """Empty the view for another session."""
+        self.transcript = Transcript(session_id)
+        self.turns.clear()
+        self.older = None
+        self.loading_older = False
+        self.remove_children()
+        self._marker = GrowingText("", classes="older-marker")
+        self._marker.display = False
+        # History in a box of its own: a live answer growing below it leaves the box's
+        # layout (however many messages it holds) as it was.
+        self._history = Vertical(classes="history")
+        self.mount(self._marker, self._history)
+
+    def settle(self) -> None:
+        """After a change of width: back within the scroll range (at the end if anchored)."""
+        if self.scroll_y < 0 or self.scroll_y > self.max_scroll_y or self.is_anchored:
+            self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True)
+
+    # ------------------------------------------------------------------ history
+
+    async def load_page(self, items: list[tuple[int, Message]], older: int | None) -> None:
+        """Show a page of history; the first page goes at the end, later ones in front."""
+        widgets, entries = history_widgets(items)
+        first = not self.transcript.entries() and not self.turns
+        self.older = older
+        if older is not None:
+            self._marker.set_text("↑ older messages: scroll up (or press Home) to load them")
+        self._marker.display = older is not None
+        if not widgets:
+            return
+        if first:
+            for entry in entries:
+                self.transcript.add(entry.role, entry.text, title=entry.title)
+            await self._history.mount_all(widgets)
+            self.anchor()
+            self.call_after_refresh(self.settle)
+            return
+        self.transcript.prepend(entries)
+        await self._history.mount_all(widgets, before=0)
+        self.call_after_refresh(self._keep_position, widgets)
+
+    def _keep_position(self, added: list[Widget]) -> None:
+        height = sum(widget.outer_size.height for widget in added)
+        self.scroll_to(y=self.scroll_y + height, animate=False, immediate=True)
+        self.loading_older = False
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        """Ask for the older page when the top is reached."""
+        super().watch_scroll_y(old_value, new_value)
+        if new_value <= 0 and old_value > 0:
+            self.request_older()
+
+    def request_older(self) -> None:
+        """Post :class:`NeedOlder` if there is an older page and none is loading."""
+        if self.older is not None and not self.loading_older:
+            self.loading_older = True
+            self.post_message(self.NeedOlder())
+
+    # ------------------------------------------------------------------ live
+
+    def add_user(self, text: str) -> None:
+        """The user's message, shown as soon as it is sent."""
+        entry = self.transcript.add("user", text)
+        self.mount(MessageView(entry))
+        self.scroll_end(animate=False)
+        self.anchor()
+
+    def notice(self, text: str, kind: str = "info") -> None:
+        """A notice line in the transcript."""
+        self.transcript.add("notice", text)
+        self.mount(NoticeView(text, kind=kind))
+
+    def turn(self, task_id: str) -> Turn:
+        """The turn of ``task_id`` (made on its first frame)."""
+        turn = self.turns.get(task_id)
+        if turn is None:
+            turn = self.turns[task_id] = Turn(task_id)
+        return turn
+
+    async def handle(self, frame: ServerFrame) -> None:
+        """Render one stream frame of a task of this session."""
+        if frame.task_id is None:
+            return
+        kind = frame.type
+        data = frame.data
+        turn = self.turn(frame.task_id)
+        panel: ToolPanel | None
+        if kind == "stream_data":
+            answer = turn.answer
+            if answer is None:
+                answer = turn.answer = AnswerView(self.transcript.add("assistant"))
+                await self.mount(answer)
+            await answer.write(str(data.get("content", "")))
+        elif kind == "reasoning_data":
+            if turn.reasoning is None:
+                turn.reasoning = ReasoningView()
+                await self.mount(turn.reasoning)
+            turn.reasoning.append(str(data.get("content", "")))
+        elif kind == "tool_call_started":
+            await self._close_answer(turn)
+            panel = ToolPanel(str(data.get("id", "")), str(data.get("name", "tool")))
+            turn.by_index[int(data.get("index", 0))] = panel
+            turn.tools[panel.call_id] = panel
+            await self.mount(panel)
+        elif kind == "tool_call_arguments":
+            panel = turn.by_index.get(int(data.get("index", 0)))
+            if panel is not None:
+                panel.add_arguments(str(data.get("arguments_delta", "")))
+        elif kind == "tool_call_finished":
+            call = data.get("call") or {}
+            panel = turn.tools.get(str(call.get("id", "")))
+            if panel is not None:
+                panel.set_arguments(str(call.get("arguments", "")))
+        elif kind == "tool_result":
+            self._tool_result(turn, data)
+        elif kind == "approval_request":
+            panel = turn.tools.get(str(data.get("call_id", "")))
+            if panel is not None:
+                panel.set_status("waiting")
+        elif kind == "approval_resolved":
+            panel = turn.tools.get(str(data.get("call_id", "")))
+            if panel is not None:
+                panel.set_status("running")
+        elif kind == "subagent_event":
+            panel = turn.tools.get(str(data.get("call_id", "")))
+            if panel is not None:
+                view = panel.subagent(
+                    str(data.get("task_id", "")),
+                    str(data.get("agent", "agent")),
+                    int(data.get("depth", 1)),
+                )
+                view.handle(dict(data.get("event") or {}))
+        elif kind == "queued":
+            self.notice(f"Waiting: this session is busy ({data.get('ahead', 0)} ahead).")
+        elif kind == "stream_gap":
+            self.notice("Part of this answer is no longer kept by the server.", "warning")
+        elif kind == "error":
+            await self._close_answer(turn)
+            self.notice(f"Error ({data.get('code', 'error')}): {data.get('message', '')}", "error")
+        elif kind == "stream_complete":
+            await self._close_answer(turn)
+            turn.done = True
+            status = str(data.get("status", "completed"))
+            if status != "completed":
+                self.notice(f"The run ended: {status}.", "warning")
+
+    def _tool_result(self, turn: Turn, data: dict[str, Any]) -> None:
+        panel = turn.tools.get(str(data.get("call_id", "")))
+        content = str(data.get("content", ""))
+        name = str(data.get("name", "tool"))
+        self.transcript.add("tool", content, title=name)
+        if panel is not None:
+            panel.set_result(
+                content,
+                is_error=bool(data.get("is_error")),
+                duration_ms=float(data.get("duration_ms") or 0.0),
+            )
+
+    async def _close_answer(self, turn: Turn) -> None:
+        answer, turn.answer = turn.answer, None
+        turn.reasoning = None
+        if answer is not None:
+            await answer.finish()
+
+    @property
+    def last_answer(self) -> Entry | None:
+        """The newest assistant message, if any."""
+        for entry in reversed(self.transcript.entries()):
+            if entry.role == "assistant" and entry.text.strip():
+                return entry
+        return None
+
+
+def history_widgets(items: list[tuple[int, Message]]) -> tuple[list[Widget], list[Entry]]:
+    """Cheap widgets and transcript entries for a page of stored messages."""
+    widgets: list[Widget] = []
+    entries: list[Entry] = []
+    panels: dict[str, ToolPanel] = {}
+    for _seq, message in items:
+        if isinstance(message, UserMessage):
+            entry = Entry("user", [content_text(message.content)])
+            widgets.append(MessageView(entry))
+            entries.append(entry)
+        elif isinstance(message, AssistantMessage):
+            if isinstance(message.content, list):
+                thinking = "".join(
+                    p.text for p in message.content if isinstance(p, ReasoningPart) and p.text
+                )
+                if thinking:
+                    widgets.append(ReasoningView(thinking))
+            text = content_text(message.content)
+            if text.strip():
+                entry = Entry("assistant", [text])
+                widgets.append(MessageView(entry))
+                entries.append(entry)
+            for call in message.tool_calls:
+                panel = ToolPanel(call.id, call.name, arguments=call.arguments)
+                panel.collapsed = True
+                panels[call.id] = panel
+                widgets.append(panel)
+        elif isinstance(message, ToolResultMessage):
+            text = content_text(message.content)
+            entries.append(Entry("tool", [text], message.name))
+            found = panels.get(message.tool_call_id)
+            if found is not None:
+                found.set_result(text, is_error=message.is_error)
+            else:
+                widgets.append(MessageView(Entry("tool", [text], message.name)))
+    return widgets, entries
