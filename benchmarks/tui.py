@@ -1,7 +1,8 @@
 """Terminal client figures, one JSON object per line. Run: python benchmarks/tui.py
 
 A real ``agent-server`` (the offline model, SQLite in a temporary folder) on a free loopback
-port, and the client app driven headless by Textual's Pilot against it.
+port, in a process of its own as ``agent-client`` runs it, and the client app driven headless
+by Textual's Pilot against it.
 
 Workloads:
   switch   switching to a session and showing its last screen (latest page of history,
@@ -10,7 +11,8 @@ Workloads:
            frames through the app's frame handler, the path live frames take: milliseconds per
            delta, from the first delta until the Markdown shows the whole answer, with the
            session at message 10, at message 5,000 (its latest page shown), and at message 5,000
-           with every page loaded (all 5,000 messages mounted, as after scrolling to the top).
+           with every page loaded (scrolled to the top and back to the end; pages far from the
+           viewport are parked).
   live     the same 2,000 deltas streamed by the server's offline model over the WebSocket
            into the 5,000-message session: milliseconds per delta end to end.
 Figures are printed, never asserted.
@@ -21,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,11 +67,8 @@ def answer_deltas(count: int = DELTAS) -> list[str]:
     return out
 
 
-@contextlib.asynccontextmanager
-async def server(folder: Path, model: TestProvider) -> AsyncIterator[tuple[str, Any]]:
-    import uvicorn
-
-    settings = Settings(
+def server_settings(folder: Path) -> Settings:
+    return Settings(
         _env_file=None,  # type: ignore[call-arg]
         database_url=f"sqlite:///{folder / 'server.db'}",
         data_dir=folder / "data",
@@ -76,20 +77,47 @@ async def server(folder: Path, model: TestProvider) -> AsyncIterator[tuple[str, 
         default_model_provider="test",
         rate_limit_per_minute=0,
     )
-    app = create_app(settings, model=model)
+
+
+async def serve(folder: Path, port: int) -> None:
+    """The server process: seeds the two sessions, then serves until killed."""
+    import uvicorn
+
+    text = "".join(answer_deltas())
+    app = create_app(server_settings(folder), model=TestProvider(lambda request: text))
+    uv = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on")
+    )
+    runner = asyncio.create_task(uv.serve())
+    while not uv.started:
+        await asyncio.sleep(0.01)
+    await seed(app, "small", 10)
+    await seed(app, "big", 5000)
+    print("ready", flush=True)
+    await runner
+
+
+@contextlib.asynccontextmanager
+async def server(folder: Path) -> AsyncIterator[str]:
+    """``agent-server`` in a child process; yields its URL once the sessions are stored."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="on"))
-    runner = asyncio.create_task(uv.serve(sockets=[sock]))
-    while not uv.started:
-        await asyncio.sleep(0.01)
+    sock.close()
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(folder), str(port)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
-        yield f"http://127.0.0.1:{port}", app
+        assert proc.stdout is not None
+        line = await asyncio.to_thread(proc.stdout.readline)
+        if line.strip() != b"ready":
+            raise RuntimeError("the benchmark's server did not start")
+        yield f"http://127.0.0.1:{port}"
     finally:
-        uv.should_exit = True
-        await runner
-        sock.close()
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 async def seed(app: Any, session_id: str, count: int) -> None:
@@ -161,6 +189,8 @@ async def load_everything(app: AgentClientApp, pilot: Any) -> int:
         page = await app.api.history(app.session_id, before=app.chat.older, limit=200)
         await app.chat.load_page(page.items, page.older)
         await pilot.pause()
+    app.chat.scroll_end(animate=False)  # back to the end, where the new answer appears
+    await pilot.pause(0.3)  # the pages far from the end are parked, those near it rebuilt
     await settled(pilot)
     return len(app.chat.query(".message"))
 
@@ -179,12 +209,8 @@ async def live_ms_per_delta(app: AgentClientApp, pilot: Any) -> float:
 
 
 async def main() -> None:
-    text = "".join(answer_deltas())
-    model = TestProvider(lambda request: text)  # the live turn streams the same words
     with tempfile.TemporaryDirectory() as folder:
-        async with server(Path(folder), model) as (url, served):
-            await seed(served, "small", 10)
-            await seed(served, "big", 5000)
+        async with server(Path(folder)) as url:
             app = AgentClientApp(Connection(url), Api(url))
             async with app.run_test(size=SIZE) as pilot:
                 while app.status.status.link != "connected":
@@ -226,4 +252,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if sys.argv[1:2] == ["--serve"]:
+        asyncio.run(serve(Path(sys.argv[2]), int(sys.argv[3])))
+    else:
+        asyncio.run(main())

@@ -347,3 +347,51 @@ async def test_history_loads_newest_first_and_older_pages_as_you_scroll_up(
             await app.action_quit()
         text = app.return_value or ""
         assert "Question 0:" in text and text.index("Question 0:") < text.index("Question 20:")
+
+
+async def test_long_history_stays_reachable_while_far_pages_are_parked(tmp_path: Path) -> None:
+    from agent_template.frontend.widgets.chat import HistoryPage
+    from tests.tui_helpers import seed_session, stored_conversation
+
+    async with running_server(tmp_path) as served:
+        await seed_session(served, "long", 600)
+        app = served.client(session_id="long")
+        async with app.run_test(size=SIZE) as pilot:
+            await connected(pilot, app)
+            await until(pilot, lambda: app.chat.max_scroll_y > 0, "the first page")
+            app.chat.focus()
+            while app.chat.older is not None:
+                app.action_older()
+                await until(pilot, lambda: not app.chat.loading_older, "a page")
+            await pilot.pause(0.3)
+            pages = app.chat.pages
+            assert len(pages) >= 10
+            # at the top: the first messages are built, the pages far below are parked
+            assert not pages[0].parked and pages[-1].parked
+            first = app.chat.query(MessageView).first()
+            assert "Question 0:" in first.entry.text
+            mounted = len(app.chat.query(MessageView))
+            assert mounted < 200  # a few pages' worth, not 600 messages
+            assert len(app.chat.transcript.entries()) > 500  # yet all of it is kept
+
+            # back at the end: the newest messages are rebuilt where they were
+            height = app.chat.virtual_size.height
+            app.chat.scroll_end(animate=False)
+            await pilot.pause(0.3)
+            assert pages[-1].parked is False and pages[0].parked is True
+            assert app.chat.virtual_size.height == height  # parking kept every height
+            last = list(app.chat.query(MessageView))[-1]
+            assert last.entry.text == stored_conversation(600)[-1].text
+            assert all(isinstance(p, HistoryPage) for p in pages)
+
+            # the middle: the text at the top of the screen stays where it was
+            app.chat.scroll_to(y=height // 2, animate=False)
+            await pilot.pause(0.3)
+            before = app.chat.scroll_y
+            view = app.chat.content_region
+            on_screen = [p for p in pages if p.region.overlaps(view)]
+            assert on_screen and not any(p.parked for p in on_screen)
+            assert any(p.parked for p in pages)  # both ends are far from the middle
+            await pilot.pause(0.3)
+            assert app.chat.scroll_y == before
+            await app.action_quit()

@@ -1,5 +1,10 @@
 """The transcript pane: history loaded a page at a time (newest first, older ones as you
-scroll up) and the live turns, rendered from the server's stream frames."""
+scroll up) and the live turns, rendered from the server's stream frames.
+
+History stays cheap however long it grows: each page of stored messages is a
+:class:`HistoryPage`, and a page far from the viewport is parked (its widgets removed, its
+height kept), so layout and repaint cost what the pages near the screen cost. Scrolling back
+near a parked page rebuilds it from the messages it keeps."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Any
 
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message as TextualMessage
+from textual.timer import Timer
 from textual.widget import Widget
 
 from agent_template.api.protocol import ServerFrame
@@ -29,7 +35,10 @@ from agent_template.models import (
     content_text,
 )
 
-__all__ = ["ChatView", "Turn"]
+__all__ = ["ChatView", "HistoryPage", "Turn"]
+
+NEAR_SCREENS = 1.5  # pages within this many screens of the viewport stay built
+_PLACE_S = 0.1  # pages are parked or rebuilt this long after scrolling settles
 
 
 @dataclass(slots=True)
@@ -42,6 +51,37 @@ class Turn:
     by_index: dict[int, ToolPanel] = field(default_factory=dict)
     tools: dict[str, ToolPanel] = field(default_factory=dict)
     done: bool = False
+
+
+class HistoryPage(Vertical):
+    """A page of stored messages; parked (emptied, held at its height) while far off screen."""
+
+    def __init__(self, items: list[tuple[int, Message]], widgets: list[Widget]) -> None:
+        super().__init__(classes="history-page")
+        self.items = items
+        self.parked = False
+        self._widgets: list[Widget] | None = widgets
+
+    def compose(self) -> Any:
+        """The page's widgets, as built when it was loaded."""
+        widgets, self._widgets = self._widgets or [], None
+        yield from widgets
+
+    async def park(self) -> None:
+        """Drop the widgets and keep the height, so the scroll position stays put."""
+        if self.parked:
+            return
+        self.parked = True
+        self.styles.height = self.outer_size.height
+        await self.remove_children()
+
+    async def unpark(self) -> None:
+        """Rebuild the widgets from the stored messages."""
+        if not self.parked:
+            return
+        self.parked = False
+        await self.mount_all(history_widgets(self.items)[0])
+        self.styles.height = "auto"
 
 
 class ChatView(VerticalScroll):
@@ -58,6 +98,8 @@ class ChatView(VerticalScroll):
         self.loading_older = False
         self._marker = GrowingText("", classes="older-marker")
         self._history = Vertical(classes="history")
+        self._place_timer: Timer | None = None
+        self._placing = False
 
     def on_mount(self) -> None:
         """Follow the end of the transcript while it grows (until the user scrolls up)."""
@@ -70,6 +112,9 @@ class ChatView(VerticalScroll):
         self.older = None
         self.loading_older = False
         self.remove_children()
+        if self._place_timer is not None:
+            self._place_timer.stop()
+            self._place_timer = None
         self._marker = GrowingText("", classes="older-marker")
         self._marker.display = False
         # History in a box of its own: a live answer growing below it leaves the box's
@@ -94,27 +139,84 @@ class ChatView(VerticalScroll):
         self._marker.display = older is not None
         if not widgets:
             return
+        page = HistoryPage(items, widgets)
         if first:
             for entry in entries:
                 self.transcript.add(entry.role, entry.text, title=entry.title)
-            await self._history.mount_all(widgets)
+            await self._history.mount(page)
             self.anchor()
             self.call_after_refresh(self.settle)
             return
         self.transcript.prepend(entries)
-        await self._history.mount_all(widgets, before=0)
-        self.call_after_refresh(self._keep_position, widgets)
+        await self._history.mount(page, before=0)
+        self.call_after_refresh(self._keep_position, page)
 
-    def _keep_position(self, added: list[Widget]) -> None:
-        height = sum(widget.outer_size.height for widget in added)
-        self.scroll_to(y=self.scroll_y + height, animate=False, immediate=True)
+    def _keep_position(self, added: Widget) -> None:
+        self.scroll_to(y=self.scroll_y + added.outer_size.height, animate=False, immediate=True)
         self.loading_older = False
+        self._place_soon()
 
     def watch_scroll_y(self, old_value: float, new_value: float) -> None:
-        """Ask for the older page when the top is reached."""
+        """Ask for the older page when the top is reached; re-place pages once scrolled."""
         super().watch_scroll_y(old_value, new_value)
         if new_value <= 0 and old_value > 0:
             self.request_older()
+        self._place_soon()
+
+    # ------------------------------------------------------------------ parking
+
+    def _place_soon(self) -> None:
+        if self._place_timer is None and self.is_mounted:
+            self._place_timer = self.set_timer(_PLACE_S, self._place_pages)
+
+    @property
+    def pages(self) -> list[HistoryPage]:
+        """The loaded pages of history, oldest first."""
+        return [page for page in self._history.children if isinstance(page, HistoryPage)]
+
+    async def _place_pages(self) -> None:
+        """Park the pages far from the viewport and rebuild the parked ones near it."""
+        self._place_timer = None
+        if self._placing:  # one pass at a time; the running one is followed by another
+            self._place_soon()
+            return
+        self._placing = True
+        try:
+            await self._place_once()
+        finally:
+            self._placing = False
+
+    async def _place_once(self) -> None:
+        pages = self.pages
+        view = self.content_region
+        if len(pages) < 2 or not view.height:
+            return
+        margin = int(view.height * NEAR_SCREENS)
+        top, bottom = view.y - margin, view.bottom + margin
+        focused = self.app.focused
+        rebuilt_above: list[tuple[HistoryPage, int]] = []
+        for page in pages:
+            region = page.region
+            if not region.height:
+                continue  # not laid out yet
+            near = region.bottom > top and region.y < bottom
+            if near and page.parked:
+                if region.bottom <= view.y:
+                    rebuilt_above.append((page, region.height))
+                await page.unpark()
+            elif not near and not page.parked:
+                if focused is not None and page in focused.ancestors:
+                    continue
+                await page.park()
+        if rebuilt_above:
+            self.call_after_refresh(self._hold_position, rebuilt_above)
+
+    def _hold_position(self, rebuilt: list[tuple[HistoryPage, int]]) -> None:
+        """Pages rebuilt above the viewport at another height than they were parked at (the
+        width changed meanwhile): scroll by the difference, so the screen does not jump."""
+        delta = sum(page.outer_size.height - height for page, height in rebuilt)
+        if delta:
+            self.scroll_to(y=self.scroll_y + delta, animate=False, immediate=True)
 
     def request_older(self) -> None:
         """Post :class:`NeedOlder` if there is an older page and none is loading."""

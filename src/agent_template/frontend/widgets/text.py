@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
+from markdown_it import MarkdownIt
 from rich.markdown import Markdown as RichMarkdown
 from rich.text import Text
 from textual.timer import Timer
@@ -14,9 +15,29 @@ __all__ = ["GrowingText", "rich_markdown"]
 _REPAINT_S = 0.05
 
 
+class _Markdown(RichMarkdown):
+    """Rich's Markdown, parsed by one shared parser: Rich builds a parser per document, and
+    setting up its rules costs more than parsing a message."""
+
+    _parser: ClassVar[MarkdownIt | None] = None
+
+    def __init__(self, markup: str) -> None:  # the attributes Rich's own __init__ sets
+        parser = _Markdown._parser
+        if parser is None:
+            parser = _Markdown._parser = MarkdownIt().enable("strikethrough").enable("table")
+        self.markup = markup
+        self.parsed = parser.parse(markup)
+        self.code_theme = "monokai"
+        self.justify = None
+        self.style = "none"
+        self.hyperlinks = False
+        self.inline_code_lexer = None
+        self.inline_code_theme = "monokai"
+
+
 def rich_markdown(text: str) -> RichMarkdown:
     """A Rich Markdown renderable (code blocks highlighted): one cheap widget per message."""
-    return RichMarkdown(text, code_theme="monokai", hyperlinks=False)
+    return _Markdown(text)
 
 
 class GrowingText(Static):
