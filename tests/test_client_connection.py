@@ -324,3 +324,29 @@ async def test_a_silent_server_is_taken_for_dead_and_reconnected() -> None:
                             break
     assert LinkState.RECONNECTING in states
     assert connections == 2
+
+
+async def test_open_after_the_link_closed_connects_again(tmp_path: Path) -> None:
+    app = create_app(server_settings(tmp_path), model=TestProvider(["first", "second"]))
+    async with serve(app) as base_url:
+        port = int(base_url.rsplit(":", 1)[1])
+        async with TcpProxy("127.0.0.1", port) as proxy:
+            connection = Connection(f"http://127.0.0.1:{proxy.port}", reconnect=False)
+            await connection.open()
+            try:
+                await connection.chat("one", session_id="again")
+                text, _ = await until_complete(connection)
+                assert text == "first"
+                proxy.drop()
+                async with asyncio.timeout(TIMEOUT_S):
+                    async for event in connection.events():
+                        if isinstance(event, LinkChanged) and event.state is LinkState.CLOSED:
+                            break
+                proxy.restore()
+                await connection.open()  # a new link, not the closed one
+                assert connection.state is LinkState.CONNECTED
+                await connection.chat("two", session_id="again")
+                text, _ = await until_complete(connection)
+                assert text == "second"
+            finally:
+                await connection.close()

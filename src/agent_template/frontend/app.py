@@ -173,11 +173,11 @@ class AgentClientApp(App[str]):
         await self.load_approvals()
 
     def _show_error(self, title: str, error: ClientError) -> None:
-        def chosen(choice: str | None) -> None:
+        async def chosen(choice: str | None) -> None:
             if choice == "retry":
                 self.start()
             else:
-                self.exit(self.chat.transcript.render())
+                await self._leave(self.chat.transcript.render())
 
         self.status.status.link = "closed"
         self.status.status.link_detail = error.code
@@ -236,7 +236,11 @@ class AgentClientApp(App[str]):
         if change.state is LinkState.CONNECTED and change.attempt:
             self.notify("Reconnected.", timeout=3)
             await self.load_approvals()
-        elif change.state is LinkState.CLOSED and not self._quitting:
+        elif (
+            change.state is LinkState.CLOSED
+            and self.connection.state is LinkState.CLOSED  # not a failed try since retried
+            and not self._quitting
+        ):
             error = ClientError(
                 "connection_closed",
                 change.detail or "The connection to the server was closed.",
@@ -539,7 +543,13 @@ class AgentClientApp(App[str]):
         """Leave; ``run()`` returns the whole session's transcript."""
         self._quitting = True
         text = await self.full_transcript()
+        await self._leave(text)
+
+    async def _leave(self, text: str) -> None:
+        """Close the link and the HTTP client, then exit with ``text``."""
+        self._quitting = True
         await self.connection.close()
+        await self.api.aclose()
         self.exit(text)
 
     async def full_transcript(self, timeout_s: float = 5.0) -> str:

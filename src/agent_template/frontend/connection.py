@@ -187,12 +187,14 @@ class Connection:
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> Hello:
-        """Connect for the first time and start reading.
+        """Connect and start reading: the first time, or again after the link was closed
+        (a refusal, or ``reconnect=False`` and a drop). Sessions followed before are
+        followed again, from the last chunk delivered.
 
         Raises:
             ClientError: ``server_unreachable``, ``unauthorized``, ``protocol_mismatch``...
         """
-        if self._runner is not None:
+        if self._runner is not None and not self._runner.done():
             assert self.hello is not None
             return self.hello
         self._closing = False
