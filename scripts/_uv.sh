@@ -25,4 +25,7 @@ else
     UV="$boot/bin/uv"
   fi
 fi
-export UV_PYTHON="$PYTHON"
+# The interpreter itself, not a launcher in front of it (a pyenv shim, say): uv compares this
+# path with the one .venv was made from, and replaces .venv when they differ.
+UV_PYTHON="$("$PYTHON" -c 'import sys; print(sys.executable)')"
+export UV_PYTHON
