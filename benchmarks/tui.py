@@ -14,6 +14,9 @@ Workloads:
            at message 5,000 (its latest page shown), and at message 5,000 with every page
            loaded (scrolled to the top and back to the end; pages far from the viewport are
            parked).
+  long_live  200 answers (200 deltas each) arrive live in one session, nothing switched;
+           then the figure of one more 2,000-delta answer (live answers far off screen are
+           parked in boxes of a few turns).
   live     the same 2,000 deltas streamed by the server's offline model over the WebSocket
            into the 5,000-message session: milliseconds per delta end to end.
 Figures are printed, never asserted.
@@ -52,6 +55,7 @@ from agent_template.services.providers.offline import TestProvider  # noqa: E402
 
 DELTAS = 2000
 RUNS = 5  # answers streamed per figure (the median is printed)
+LIVE_TURNS = 200  # answers streamed into one session before the long_live figure
 SIZE = (120, 40)
 
 
@@ -213,6 +217,29 @@ async def median_run(
     return results[len(results) // 2]
 
 
+async def after_live_turns(app: AgentClientApp, pilot: Any, turns: int) -> dict[str, float]:
+    """``turns`` answers of 200 deltas arrive live into one session (nothing switched), then
+    the figure of one more 2,000-delta answer, the view at the end."""
+    await switch_ms(app, pilot, "small")
+    session_id = app.session_id
+    assert session_id is not None
+    deltas = answer_deltas(200)
+    for turn in range(turns):
+        app.chat.add_user(f"question {turn}")
+        for frame in frames(session_id, f"long-{turn}", deltas):
+            await app.on_frame(frame)
+        answer = app.chat.turns[f"long-{turn}"].answer
+        assert answer is not None
+        await answer.finish()
+        app.chat.turns[f"long-{turn}"].done = True
+        app.chat.turns[f"long-{turn}"].page.open -= 1
+        await pilot.pause()
+    app.chat.scroll_end(animate=False)
+    await pilot.pause(0.3)
+    await settled(pilot)
+    return await stream_ms_per_delta(app, pilot, "long-last")
+
+
 async def live_ms_per_delta(app: AgentClientApp, pilot: Any) -> float:
     before = set(app.chat.turns)
     start = time.perf_counter()
@@ -254,6 +281,20 @@ async def main() -> None:
                             "at_message_5000_all_loaded": at_5000_all,
                             "ratio_5000_to_10": round(ratio, 3),
                             "ratio_5000_all_loaded_to_10": round(ratio_all, 3),
+                        }
+                    ),
+                    flush=True,
+                )
+                long_run = await after_live_turns(app, pilot, LIVE_TURNS)
+                print(
+                    json.dumps(
+                        {
+                            "workload": "long_live",
+                            "turns": LIVE_TURNS,
+                            "after_turns": long_run,
+                            "ratio_to_message_10": round(
+                                long_run["ms_per_delta"] / at_10["ms_per_delta"], 3
+                            ),
                         }
                     ),
                     flush=True,

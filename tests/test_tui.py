@@ -395,3 +395,44 @@ async def test_long_history_stays_reachable_while_far_pages_are_parked(tmp_path:
             await pilot.pause(0.3)
             assert app.chat.scroll_y == before
             await app.action_quit()
+
+
+async def test_live_turns_go_in_boxes_and_far_ones_are_parked(tmp_path: Path) -> None:
+    from agent_template.frontend.widgets.chat import LIVE_TURNS
+
+    words = "\n\n".join(f"Paragraph {i} of a long answer." for i in range(12))
+    async with running_server(tmp_path, lambda request: words) as served:
+        app = served.client()
+        async with app.run_test(size=SIZE) as pilot:
+            await connected(pilot, app)
+            turns = LIVE_TURNS * 4
+            for i in range(turns):
+                await send(pilot, app, f"question {i}")
+                await until(
+                    pilot,
+                    lambda i=i: len([t for t in app.chat.turns.values() if t.done]) == i + 1,
+                    f"answer {i}",
+                )
+            await pilot.pause(0.3)
+            boxes = app.chat.live_pages
+            assert len(boxes) == 4
+            assert boxes[0].parked and not boxes[-1].parked
+            assert not any(child.display for child in boxes[0].children)  # hidden, kept
+            # a parked box's answers are one widget each, as in the stored history
+            assert not boxes[0].query(AnswerView)
+            compact = [m for m in boxes[0].query(MessageView) if m.entry.role == "assistant"]
+            assert [m.entry.text for m in compact] == [words] * LIVE_TURNS
+            roles = [e.role for e in app.chat.transcript.entries()]
+            assert roles.count("assistant") == turns
+            height = app.chat.virtual_size.height
+
+            app.chat.scroll_home(animate=False)
+            await pilot.pause(0.3)
+            assert not boxes[0].parked and boxes[-2].parked  # the last box is never parked
+            assert all(child.display for child in boxes[0].children)
+            # (the compact answers may differ from the streamed ones by a line or so)
+            assert abs(app.chat.virtual_size.height - height) <= LIVE_TURNS * 2
+            assert app.chat.scroll_y == 0
+            first = app.chat.query(MessageView).first()
+            assert first.entry.text == "question 0"
+            await app.action_quit()

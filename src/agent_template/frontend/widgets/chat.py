@@ -4,7 +4,10 @@ scroll up) and the live turns, rendered from the server's stream frames.
 History stays cheap however long it grows: each page of stored messages is a
 :class:`HistoryPage`, and a page far from the viewport is parked (its widgets removed, its
 height kept), so layout and repaint cost what the pages near the screen cost. Scrolling back
-near a parked page rebuilds it from the messages it keeps."""
+near a parked page rebuilds it from the messages it keeps. What arrives live goes into
+:class:`LivePage` boxes of a few turns each; a finished box far off screen is parked too (its
+widgets hidden, not dropped: they hold what the stored history would lose, such as streamed
+tool output)."""
 
 from __future__ import annotations
 
@@ -35,9 +38,10 @@ from agent_template.models import (
     content_text,
 )
 
-__all__ = ["ChatView", "HistoryPage", "Turn"]
+__all__ = ["ChatView", "HistoryPage", "LivePage", "Turn"]
 
 NEAR_SCREENS = 1.5  # pages within this many screens of the viewport stay built
+LIVE_TURNS = 4  # turns per box of live messages
 _PLACE_S = 0.1  # pages are parked or rebuilt this long after scrolling settles
 
 
@@ -46,6 +50,7 @@ class Turn:
     """The live state of one task's answer in the transcript."""
 
     task_id: str
+    page: LivePage
     answer: AnswerView | None = None
     reasoning: ReasoningView | None = None
     by_index: dict[int, ToolPanel] = field(default_factory=dict)
@@ -84,6 +89,42 @@ class HistoryPage(Vertical):
         self.styles.height = "auto"
 
 
+class LivePage(Vertical):
+    """Messages that arrived live, a few turns of them; parked by hiding its widgets."""
+
+    def __init__(self) -> None:
+        super().__init__(classes="live-page")
+        self.turns = 0  # turns begun in this box
+        self.waiting = 0  # messages sent from here whose turn has not begun
+        self.open = 0  # turns still running
+        self.parked = False
+
+    async def park(self) -> None:
+        """Hide the widgets and keep the height. A finished answer becomes one widget, as in
+        the stored history (its streamed Markdown is a widget per block)."""
+        if self.parked or self.open:
+            return
+        self.parked = True
+        self.styles.height = self.outer_size.height
+        for child in list(self.children):
+            if isinstance(child, AnswerView):
+                compact = MessageView(child.entry)
+                compact.display = False
+                await self.mount(compact, after=child)
+                await child.remove()
+            else:
+                child.display = False
+
+    async def unpark(self) -> None:
+        """Show the widgets again."""
+        if not self.parked:
+            return
+        self.parked = False
+        for child in self.children:
+            child.display = True
+        self.styles.height = "auto"
+
+
 class ChatView(VerticalScroll):
     """The messages of the shown session."""
 
@@ -98,6 +139,7 @@ class ChatView(VerticalScroll):
         self.loading_older = False
         self._marker = GrowingText("", classes="older-marker")
         self._history = Vertical(classes="history")
+        self._live: LivePage | None = None
         self._place_timer: Timer | None = None
         self._placing = False
 
@@ -120,6 +162,7 @@ class ChatView(VerticalScroll):
         # History in a box of its own: a live answer growing below it leaves the box's
         # layout (however many messages it holds) as it was.
         self._history = Vertical(classes="history")
+        self._live = None
         self.mount(self._marker, self._history)
 
     def settle(self) -> None:
@@ -174,6 +217,11 @@ class ChatView(VerticalScroll):
         """The loaded pages of history, oldest first."""
         return [page for page in self._history.children if isinstance(page, HistoryPage)]
 
+    @property
+    def live_pages(self) -> list[LivePage]:
+        """The boxes of live messages, oldest first."""
+        return [page for page in self.children if isinstance(page, LivePage)]
+
     async def _place_pages(self) -> None:
         """Park the pages far from the viewport and rebuild the parked ones near it."""
         self._place_timer = None
@@ -187,14 +235,14 @@ class ChatView(VerticalScroll):
             self._placing = False
 
     async def _place_once(self) -> None:
-        pages = self.pages
+        pages: list[HistoryPage | LivePage] = [*self.pages, *self.live_pages[:-1]]
         view = self.content_region
         if len(pages) < 2 or not view.height:
             return
         margin = int(view.height * NEAR_SCREENS)
         top, bottom = view.y - margin, view.bottom + margin
         focused = self.app.focused
-        rebuilt_above: list[tuple[HistoryPage, int]] = []
+        rebuilt_above: list[tuple[Widget, int]] = []
         for page in pages:
             region = page.region
             if not region.height:
@@ -211,7 +259,7 @@ class ChatView(VerticalScroll):
         if rebuilt_above:
             self.call_after_refresh(self._hold_position, rebuilt_above)
 
-    def _hold_position(self, rebuilt: list[tuple[HistoryPage, int]]) -> None:
+    def _hold_position(self, rebuilt: list[tuple[Widget, int]]) -> None:
         """Pages rebuilt above the viewport at another height than they were parked at (the
         width changed meanwhile): scroll by the difference, so the screen does not jump."""
         delta = sum(page.outer_size.height - height for page, height in rebuilt)
@@ -226,23 +274,42 @@ class ChatView(VerticalScroll):
 
     # ------------------------------------------------------------------ live
 
+    def _live_page(self, new_turn: bool = False) -> LivePage:
+        """The box live messages go in; a new one once the last holds LIVE_TURNS turns."""
+        page = self._live
+        if page is None or (new_turn and page.turns >= LIVE_TURNS):
+            page = self._live = LivePage()
+            self.mount(page)
+            self._place_soon()
+        if new_turn:
+            page.turns += 1
+        return page
+
     def add_user(self, text: str) -> None:
         """The user's message, shown as soon as it is sent."""
         entry = self.transcript.add("user", text)
-        self.mount(MessageView(entry))
+        page = self._live_page(new_turn=True)
+        page.waiting += 1
+        page.mount(MessageView(entry))
         self.scroll_end(animate=False)
         self.anchor()
 
     def notice(self, text: str, kind: str = "info") -> None:
         """A notice line in the transcript."""
         self.transcript.add("notice", text)
-        self.mount(NoticeView(text, kind=kind))
+        self._live_page().mount(NoticeView(text, kind=kind))
 
     def turn(self, task_id: str) -> Turn:
         """The turn of ``task_id`` (made on its first frame)."""
         turn = self.turns.get(task_id)
         if turn is None:
-            turn = self.turns[task_id] = Turn(task_id)
+            page = self._live
+            if page is not None and page.waiting:  # the turn of a message sent here
+                page.waiting -= 1
+            else:  # begun elsewhere: another client of the session
+                page = self._live_page(new_turn=True)
+            page.open += 1
+            turn = self.turns[task_id] = Turn(task_id, page)
         return turn
 
     async def handle(self, frame: ServerFrame) -> None:
@@ -257,19 +324,19 @@ class ChatView(VerticalScroll):
             answer = turn.answer
             if answer is None:
                 answer = turn.answer = AnswerView(self.transcript.add("assistant"))
-                await self.mount(answer)
+                await turn.page.mount(answer)
             await answer.write(str(data.get("content", "")))
         elif kind == "reasoning_data":
             if turn.reasoning is None:
                 turn.reasoning = ReasoningView()
-                await self.mount(turn.reasoning)
+                await turn.page.mount(turn.reasoning)
             turn.reasoning.append(str(data.get("content", "")))
         elif kind == "tool_call_started":
             await self._close_answer(turn)
             panel = ToolPanel(str(data.get("id", "")), str(data.get("name", "tool")))
             turn.by_index[int(data.get("index", 0))] = panel
             turn.tools[panel.call_id] = panel
-            await self.mount(panel)
+            await turn.page.mount(panel)
         elif kind == "tool_call_arguments":
             panel = turn.by_index.get(int(data.get("index", 0)))
             if panel is not None:
@@ -307,7 +374,9 @@ class ChatView(VerticalScroll):
             self.notice(f"Error ({data.get('code', 'error')}): {data.get('message', '')}", "error")
         elif kind == "stream_complete":
             await self._close_answer(turn)
-            turn.done = True
+            if not turn.done:
+                turn.done = True
+                turn.page.open -= 1
             status = str(data.get("status", "completed"))
             if status != "completed":
                 self.notice(f"The run ended: {status}.", "warning")
