@@ -30,6 +30,8 @@ knows about tracing. No message content, and no user id, is recorded.
 from __future__ import annotations
 
 import importlib.util
+import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +52,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AGENT_NAME", "TRACER_NAME", "install_telemetry", "telemetry_available"]
 
+log = logging.getLogger("agent_template.server")
+
 TRACER_NAME = "agent_template"
 AGENT_NAME = "agent-template"
 _EVENT_TYPES = (
@@ -58,6 +62,13 @@ _EVENT_TYPES = (
     "model_call_finished",
     "tool_started",
     "tool_finished",
+)
+# OpenTelemetry's own variables (read by its SDK and by FastAPI, not settings of ours) that say
+# the user wants traces exported.
+_TRACING_VARIABLES = (
+    "FASTAPI_OTEL_AUTO_CONFIGURE",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
 )
 
 
@@ -93,6 +104,7 @@ def install_telemetry(
         RuntimeError: tracing is installed on this app already.
     """
     if tracer_provider is None and not telemetry_available():
+        _warn_if_tracing_requested()
         return None
     from opentelemetry import trace
 
@@ -114,6 +126,24 @@ def install_telemetry(
             app.state.telemetry = None
 
     return uninstall
+
+
+def _warn_if_tracing_requested() -> None:
+    """Say how to get traces when the environment asks for them but the extra is missing."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return
+    named = [
+        name
+        for name in _TRACING_VARIABLES
+        if os.environ.get(name, "").strip().lower() not in ("", "false")
+    ]
+    if named:
+        log.warning(
+            "%s set, but the otel extra is not installed, so no traces are recorded. "
+            "Install it with: pip install 'agent-template[otel]' (and an exporter, such as "
+            "opentelemetry-exporter-otlp-proto-http for OTLP).",
+            " and ".join(named) + (" is" if len(named) == 1 else " are"),
+        )
 
 
 def _ns(seconds: float) -> int:
