@@ -394,6 +394,12 @@ async def test_long_history_stays_reachable_while_far_pages_are_parked(tmp_path:
             assert any(p.parked for p in pages)  # both ends are far from the middle
             await pilot.pause(0.3)
             assert app.chat.scroll_y == before
+
+            # scrolled, then another session shown before the pages were placed
+            app.chat.scroll_home(animate=False)
+            await app.switch_session("long")
+            await pilot.pause(0.3)
+            assert app.is_running and app.chat.pages[0].parked is False
             await app.action_quit()
 
 

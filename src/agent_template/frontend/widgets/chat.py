@@ -244,6 +244,8 @@ class ChatView(VerticalScroll):
         focused = self.app.focused
         rebuilt_above: list[tuple[Widget, int]] = []
         for page in pages:
+            if page.parent is None or not page.is_attached:
+                continue  # removed meanwhile: another session is shown
             region = page.region
             if not region.height:
                 continue  # not laid out yet
