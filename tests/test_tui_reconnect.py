@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 from agent_template.frontend.app import AgentClientApp
@@ -15,7 +14,7 @@ from agent_template.frontend.rest import Api
 from agent_template.frontend.screens.error import ErrorScreen
 from agent_template.frontend.widgets.messages import AnswerView
 from tests.helpers.tcp_proxy import TcpProxy
-from tests.test_server_cli import free_port, server_env, wait_ready
+from tests.test_server_cli import agent_server, free_port, server_env, wait_ready
 from tests.tui_helpers import SIZE, connected, running_server, send, until
 from tests.wire_server import Reply, WireServer
 
@@ -66,17 +65,9 @@ async def test_a_server_restart_mid_answer_reconnects_by_itself(
         OPENAI_API_KEY="k",
         SHUTDOWN_GRACE_S="20",  # the answer takes about two seconds: it completes
     )
-    command = [sys.executable, "-c", "from agent_template.cli import server_main; server_main()"]
 
     def start() -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [*command, "--port", str(port)],
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        return agent_server("--port", str(port), env=env, cwd=tmp_path)
 
     children = [start()]
     try:
@@ -119,20 +110,7 @@ async def test_retry_on_the_error_screen_connects_once_the_server_is_up(tmp_path
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: isinstance(app.screen, ErrorScreen), "the error screen")
             assert app.status.status.link == "closed"
-            child = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    "from agent_template.cli import server_main; server_main()",
-                    "--port",
-                    str(port),
-                ],
-                env=server_env(tmp_path),
-                cwd=tmp_path,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            child = agent_server("--port", str(port), env=server_env(tmp_path), cwd=tmp_path)
             await asyncio.to_thread(wait_ready, port, child)
             await pilot.press("r")
             await connected(pilot, app)
